@@ -1,0 +1,173 @@
+"""Checkpoints that survive a kill: the best model, and the full state after every epoch.
+
+Every file is written to a temporary name and renamed into place, so a job killed while
+writing leaves the previous checkpoint intact, never a half-written one under the real name.
+"""
+
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import keras
+
+log = logging.getLogger(__name__)
+
+# The counters that ReduceLROnPlateau, EarlyStopping and BestCheckpoint reset at the start of
+# fit(); restored afterwards so a resumed run keeps its patience and its best value.
+STATE_ATTRIBUTES = ("wait", "best", "best_epoch", "cooldown_counter", "stopped_epoch")
+
+
+def _monitor_mode(monitor: str) -> str:
+    return "min" if monitor.endswith("loss") else "max"
+
+
+def _atomic_save(save, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    save(str(tmp))
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(data, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves the whole model (`.keras`) whenever `monitor` improves."""
+
+    def __init__(self, path: str | Path, monitor: str = "val_top1"):
+        super().__init__()
+        self.path = Path(path)
+        self.monitor = monitor
+        self.mode = _monitor_mode(monitor)
+        self.best = None
+        self.best_epoch = None
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        return value > self.best if self.mode == "max" else value < self.best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or math.isnan(value) or not self._improved(value):
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_save(self.model.save, self.path)
+        self.best, self.best_epoch = float(value), epoch
+
+
+@dataclass
+class TrainingState:
+    """What an epoch checkpoint restores besides the weights and optimizer."""
+
+    epochs_done: int
+    history: list[dict] = field(default_factory=list)
+    callbacks: dict[str, dict] = field(default_factory=dict)
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch, saves weights, optimizer state, RNG state and callback counters.
+
+    Keeps the last `keep` epochs, so a checkpoint corrupted on disk falls back to the one
+    before. `restore` (called before fit) loads the newest readable one; this callback then
+    puts the counters back into the `track`ed callbacks once they have reset themselves.
+    """
+
+    def __init__(self, directory: str | Path, keep: int = 2):
+        super().__init__()
+        self.directory = Path(directory)
+        self.tracked: dict[str, keras.callbacks.Callback] = {}
+        self.keep = keep
+        self.state: TrainingState | None = None
+        self.pending: dict[str, dict] = {}
+
+    def track(self, callbacks: list) -> None:
+        """The callbacks whose counters this fit() saves and restores."""
+        self.tracked = {type(cb).__name__: cb for cb in callbacks}
+
+    def on_train_begin(self, logs=None):
+        # Restored counters go back once, after the callbacks' own resets at train begin.
+        for name, values in self.pending.items():
+            for attribute, value in values.items():
+                setattr(self.tracked[name], attribute, value)
+        self.pending = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        history = (self.state.history if self.state else []) + [
+            {key: float(value) for key, value in (logs or {}).items()}
+        ]
+        self.state = TrainingState(epoch + 1, history, self._callback_state())
+        self.directory.mkdir(parents=True, exist_ok=True)
+        stem = self.directory / f"epoch-{epoch + 1:04d}"
+        _atomic_save(self.model.save_weights, stem.with_suffix(".weights.h5"))
+        # The json goes last: a checkpoint counts only once it exists.
+        _atomic_write_json(
+            {"epochs_done": epoch + 1, "history": history, "callbacks": self.state.callbacks},
+            stem.with_suffix(".json"),
+        )
+        for old in self.checkpoints()[: -self.keep]:
+            old.unlink(missing_ok=True)
+            old.with_suffix("").with_suffix(".weights.h5").unlink(missing_ok=True)
+
+    def _callback_state(self) -> dict[str, dict]:
+        state = {}
+        for name, callback in self.tracked.items():
+            values = {}
+            for attribute in STATE_ATTRIBUTES:
+                if not hasattr(callback, attribute):
+                    continue
+                value = getattr(callback, attribute)
+                if isinstance(value, int | float) or value is None:
+                    values[attribute] = value
+                else:
+                    values[attribute] = float(keras.ops.convert_to_numpy(value))
+            state[name] = values
+        return state
+
+    def latest_epochs_done(self) -> int:
+        """Epochs the newest complete checkpoint holds, 0 when there is none."""
+        for meta in reversed(self.checkpoints()):
+            try:
+                return json.loads(meta.read_text())["epochs_done"]
+            except (OSError, ValueError, KeyError):
+                continue
+        return 0
+
+    def checkpoints(self) -> list[Path]:
+        """The complete checkpoints, oldest first."""
+        return sorted(self.directory.glob("epoch-*.json"))
+
+    def restore(self, model: keras.Model) -> TrainingState | None:
+        """Loads the newest checkpoint that reads back; None when there is none."""
+        checkpoints = self.checkpoints()
+        if not checkpoints:
+            return None
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        # A load that fails halfway leaves a mix of weights: keep the fresh ones to go back to.
+        fresh = [keras.ops.convert_to_numpy(v) for v in model.variables]
+        if model.optimizer is not None:
+            fresh_optimizer = [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+        for meta in reversed(checkpoints):
+            weights = meta.with_suffix("").with_suffix(".weights.h5")
+            try:
+                state = json.loads(meta.read_text())
+                model.load_weights(weights)
+            except Exception as error:  # any unreadable file: fall back to the one before
+                log.warning("checkpoint %s is unreadable (%s); trying an older one", meta, error)
+                continue
+            self.state = TrainingState(state["epochs_done"], state["history"], state["callbacks"])
+            self.pending = {k: v for k, v in state["callbacks"].items() if k in self.tracked}
+            return self.state
+        log.warning("no readable checkpoint in %s; starting from scratch", self.directory)
+        for variable, value in zip(model.variables, fresh, strict=True):
+            variable.assign(value)
+        if model.optimizer is not None:
+            for variable, value in zip(model.optimizer.variables, fresh_optimizer, strict=True):
+                variable.assign(value)
+        return None

@@ -1,0 +1,43 @@
+"""Optimizer factories named by conf/optimizer/*.yaml.
+
+Each takes `lr` (a float or a schedule) under the name the configs use, so
+`optimizer.lr=0.05` on the command line means what it says. Weight decay is Keras'
+decoupled decay and skips biases and normalization parameters, as the CIFAR recipes do.
+"""
+
+import keras
+
+NO_DECAY = ["bias", "gamma", "beta"]
+
+
+def _skip_norm_and_bias(optimizer: keras.optimizers.Optimizer) -> keras.optimizers.Optimizer:
+    if optimizer.weight_decay:
+        optimizer.exclude_from_weight_decay(var_names=NO_DECAY)
+    return optimizer
+
+
+def sgd(lr, momentum=0.9, nesterov=True, weight_decay=0.0) -> keras.optimizers.Optimizer:
+    return _skip_norm_and_bias(
+        keras.optimizers.SGD(
+            learning_rate=lr,
+            momentum=momentum,
+            nesterov=nesterov,
+            weight_decay=weight_decay or None,
+        )
+    )
+
+
+def adam(lr, beta_1=0.9, beta_2=0.999, weight_decay=0.0) -> keras.optimizers.Optimizer:
+    return _skip_norm_and_bias(
+        keras.optimizers.Adam(
+            learning_rate=lr, beta_1=beta_1, beta_2=beta_2, weight_decay=weight_decay or None
+        )
+    )
+
+
+def adamw(lr, beta_1=0.9, beta_2=0.999, weight_decay=0.05) -> keras.optimizers.Optimizer:
+    return _skip_norm_and_bias(
+        keras.optimizers.AdamW(
+            learning_rate=lr, beta_1=beta_1, beta_2=beta_2, weight_decay=weight_decay
+        )
+    )

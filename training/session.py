@@ -1,0 +1,39 @@
+"""Per-job Keras state.
+
+Hydra's basic launcher runs every job of a sweep in one process, so whatever one job sets
+globally (layers' name counters, the dtype policy, the RNGs, a distribution) must be reset
+before the next job builds its model.
+"""
+
+import contextlib
+
+import keras
+
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16")
+
+
+def start_session(precision: str, seed: int) -> None:
+    keras.backend.clear_session(free_memory=True)
+    keras.config.set_dtype_policy(precision)
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "jax":
+        keras.distribution.set_distribution(None)
+
+
+def distribution_scope(kind: str | None):
+    """A context in which the model is built and compiled for `trainer.distribution`.
+
+    `data_parallel` splits each batch over every local accelerator: keras.distribution on
+    JAX, tf.distribute.MirroredStrategy on TensorFlow (which Keras' TF trainer honours).
+    """
+    if not kind:
+        return contextlib.nullcontext()
+    backend = keras.backend.backend()
+    if backend == "jax":
+        keras.distribution.set_distribution(keras.distribution.DataParallel())
+        return contextlib.nullcontext()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.distribute.MirroredStrategy().scope()
+    raise AssertionError(f"check_config lets {kind!r} through on {backend}")
