@@ -1,0 +1,177 @@
+"""One Hydra job's life in MLflow.
+
+`TrackedJob` finds the job's twin (a run of the same config identity), decides whether to
+skip, resume or start afresh, opens the run, and records how the job ended: a FAILED run
+with the error as a tag and the traceback as an artifact, a one-line log message, and an
+outcome file the sweep summary reads. In a sweep a failed job lets the next one run; a
+single run exits non-zero.
+"""
+
+import logging
+import math
+import os
+import shutil
+import traceback
+from pathlib import Path
+
+import mlflow
+from hydra.core.hydra_config import HydraConfig
+from mlflow.entities import Run
+from omegaconf import DictConfig, OmegaConf
+
+from errors import UserError
+from tracking.params import config_identity, flatten_params
+from tracking.results import log_model_summary
+from tracking.store import connect
+from tracking.sweep import current_sweep, write_outcome
+
+log = logging.getLogger("train")
+
+UNFINISHED = ("RUNNING", "KILLED", "SCHEDULED")
+
+
+class TrackedJob:
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        hydra = HydraConfig.get()
+        self.name = hydra.runtime.choices.get("model", cfg.model.name)
+        self.job = f"{hydra.job.num}_{self.name}" if hydra.mode.name == "MULTIRUN" else self.name
+        self.output_dir = Path(hydra.runtime.output_dir)
+        self.run_id: str | None = None
+        self.resuming = False
+        self.finished_twin: Run | None = None
+        # What the task returns: best val top-1, NaN for a failed job (Optuna fails the trial).
+        self.objective = math.nan
+
+    # -- the run ---------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Connects the store and looks for a run of the same config identity."""
+        self.experiment_id = connect(self.cfg.tracking)
+        self.identity = config_identity(self.cfg)
+        self.sweep = current_sweep()
+        self.checkpoint_dir = Path(self.cfg.tracking.checkpoint_dir) / self.identity
+        twin = self._latest_twin()
+        if twin is not None and self.cfg.resume:
+            if twin.info.status == "FINISHED":
+                self.finished_twin = twin
+                return
+            if twin.info.status in UNFINISHED:
+                self.run_id, self.resuming = twin.info.run_id, True
+                return
+        # A fresh run must not pick up a crashed or forced-over twin's epochs.
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+
+    def _latest_twin(self) -> Run | None:
+        runs = mlflow.search_runs(
+            [self.experiment_id],
+            f"tags.identity = '{self.identity}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+            output_format="list",
+        )
+        return runs[0] if runs else None
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_twin is not None
+
+    def reuse_finished(self) -> float:
+        """Skips the job: its twin already finished. Joins this sweep and returns its score."""
+        twin = self.finished_twin
+        if self.sweep is not None:
+            mlflow.MlflowClient().set_tag(twin.info.run_id, f"sweep.{self.sweep.sweep_id}", "true")
+        self.objective = twin.data.metrics.get("best_val_top1", math.nan)
+        log.info("%s: FINISHED earlier as run %s; skipped", self.job, twin.info.run_id)
+        self._outcome("skipped", run_id=twin.info.run_id)
+        return self.objective
+
+    def start(self, tags: dict[str, str], model) -> None:
+        """Opens the MLflow run (new, or the interrupted twin) and logs what defines it."""
+        if self.resuming:
+            mlflow.start_run(run_id=self.run_id)
+            if self.sweep is not None:
+                mlflow.set_tag(f"sweep.{self.sweep.sweep_id}", "true")
+            log.info("%s: resuming run %s", self.job, self.run_id)
+        else:
+            sweep_tags = {}
+            if self.sweep is not None:
+                sweep_tags = {
+                    "sweep_id": self.sweep.sweep_id,
+                    f"sweep.{self.sweep.sweep_id}": "true",
+                }
+            run = mlflow.start_run(
+                experiment_id=self.experiment_id,
+                run_name=self.name,
+                parent_run_id=self.sweep.parent_run_id if self.sweep else None,
+                tags={
+                    "identity": self.identity,
+                    "model": self.name,
+                    "overrides": " ".join(HydraConfig.get().overrides.task),
+                    **sweep_tags,
+                    **tags,
+                },
+            )
+            self.run_id = run.info.run_id
+            log.info("%s: run %s started", self.job, self.run_id)
+            mlflow.log_params(flatten_params(self.cfg))
+            mlflow.log_text(OmegaConf.to_yaml(self.cfg, resolve=True), "config.yaml")
+            log_model_summary(model)
+
+    def log_missing_epochs(self, history: list[dict]) -> None:
+        """Re-logs epochs that a resumed checkpoint holds but the store lost with the kill."""
+        logged = {m.step for m in mlflow.MlflowClient().get_metric_history(self.run_id, "loss")}
+        for epoch, logs in enumerate(history):
+            if epoch not in logged:
+                mlflow.log_metrics(logs, step=epoch)
+
+    def finish(self, objective: float) -> None:
+        metrics = mlflow.get_run(self.run_id).data.metrics
+        log.info(
+            "%s: test top-1 %.2f %%, top-5 %.2f %% (run %s)",
+            self.job,
+            100 * metrics["test_top1"],
+            100 * metrics["test_top5"],
+            self.run_id,
+        )
+        mlflow.end_run("FINISHED")
+        self.objective = objective
+        self._outcome("finished", run_id=self.run_id)
+
+    # -- how the job ends --------------------------------------------------------------------
+
+    def __enter__(self) -> "TrackedJob":
+        return self
+
+    def __exit__(self, exc_type, error, tb) -> bool:
+        if error is None:
+            return False
+        if not isinstance(error, Exception):  # Ctrl-C, SystemExit: not this job's failure
+            if mlflow.active_run():
+                mlflow.end_run("KILLED")
+            return False
+        message = str(error) if isinstance(error, UserError) else f"{exc_type.__name__}: {error}"
+        message = " ".join(message.split())
+        self._record_failure(message, "".join(traceback.format_exception(error)))
+        log.error("%s failed: %s", self.job, message)
+        self._outcome("failed", run_id=self.run_id, error=message)
+        if HydraConfig.get().mode.name == "MULTIRUN":
+            return True  # the sweep goes on; its summary and exit code report this job
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return False
+        raise SystemExit(1)
+
+    def _record_failure(self, message: str, trace: str) -> None:
+        trace_file = self.output_dir / "traceback.txt"
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        trace_file.write_text(trace)
+        if not mlflow.active_run():
+            return
+        try:
+            mlflow.set_tag("error", message[:5000])
+            mlflow.log_artifact(str(trace_file))
+        finally:
+            mlflow.end_run("FAILED")
+
+    def _outcome(self, status: str, **details) -> None:
+        write_outcome(self.output_dir, job=self.job, status=status, **details)

@@ -1,0 +1,96 @@
+"""What a run records beyond its params and curves: provenance tags and final results."""
+
+import subprocess
+import tempfile
+from pathlib import Path
+
+import keras
+import mlflow
+import numpy as np
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def git_commit() -> str:
+    """HEAD's hash, marked `-dirty` when the tree has uncommitted changes; `unknown` outside git."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{head}-dirty" if dirty else head
+
+
+def run_tags(cfg: DictConfig, data) -> dict[str, str]:
+    return {
+        "strategy": cfg.model.strategy,
+        "backend": keras.backend.backend(),
+        "precision": cfg.trainer.precision,
+        "git_commit": git_commit(),
+        "dataset_id": data.dataset_id,
+        "dataset_fingerprint": data.fingerprint,
+    }
+
+
+def log_model_summary(model: keras.Model) -> None:
+    lines = []
+    model.summary(print_fn=lambda line, *args, **kwargs: lines.append(line), expand_nested=False)
+    mlflow.log_text("\n".join(lines), "model_summary.txt")
+    mlflow.log_metric("param_count", model.count_params())
+
+
+def log_results(fit_result, evaluation, data) -> None:
+    """Final metrics, the best checkpoint, and scikit-learn's report and confusion matrix."""
+    mlflow.log_metrics(
+        {
+            "test_top1": evaluation.top1,
+            "test_top5": evaluation.top5,
+            "best_val_top1": fit_result.best_val_top1,
+            "best_epoch": fit_result.best_epoch,
+            "epochs_run": fit_result.epochs_run,
+            "train_seconds": fit_result.train_seconds,
+            "train_images_per_second": fit_result.images_per_second,
+            **{f"test_top1_superclass/{k}": v for k, v in evaluation.superclass_top1.items()},
+        }
+    )
+    mlflow.log_artifact(str(fit_result.best_checkpoint), "checkpoints")
+    mlflow.log_text(evaluation.report, "classification_report.txt")
+    with tempfile.TemporaryDirectory() as folder:
+        csv = Path(folder) / "confusion_matrix.csv"
+        header = ",".join(["true\\predicted", *data.class_names])
+        rows = [
+            ",".join([name, *map(str, row)])
+            for name, row in zip(data.class_names, evaluation.confusion, strict=True)
+        ]
+        csv.write_text("\n".join([header, *rows]) + "\n")
+        mlflow.log_artifact(str(csv))
+        _plot_confusion(
+            evaluation.confusion, data.class_names, Path(folder) / "confusion_matrix.png"
+        )
+        mlflow.log_artifact(str(Path(folder) / "confusion_matrix.png"))
+
+
+def _plot_confusion(confusion: np.ndarray, names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(16, 16))
+    ConfusionMatrixDisplay(confusion, display_labels=names).plot(
+        ax=ax, include_values=False, xticks_rotation="vertical", colorbar=False
+    )
+    ax.tick_params(labelsize=5)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,116 @@
+"""A Hydra multirun as one thing in MLflow: a parent run with every job nested under it.
+
+The Hydra callback creates (or, for the same command run again, reopens) the parent run
+before any job starts, and records its id in the sweep folder. Jobs read it from there,
+whichever process or machine a launcher puts them on, and pass it as MLflow's
+`parent_run_id`. At the end the callback closes the parent, prints what failed, and exits
+non-zero if anything did.
+"""
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import mlflow
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from mlflow.entities import RunStatus
+from omegaconf import DictConfig
+
+from comparison import build_report
+from tracking.store import connect
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "mlflow_sweep.json"
+OUTCOME_FILE = "outcome.json"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    sweep_id: str
+    parent_run_id: str
+    experiment_id: str
+
+
+def sweep_id_for(overrides: list[str], resume: bool) -> str:
+    """Same command line, same sweep: a rerun after a kill reopens it. resume=false never."""
+    key = " ".join(sorted(overrides)) + ("" if resume else f" @{time.time_ns()}")
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def current_sweep() -> Sweep | None:
+    """The sweep this job belongs to; None for a single run."""
+    hydra = HydraConfig.get()
+    if hydra.mode != RunMode.MULTIRUN:
+        return None
+    path = Path(hydra.sweep.dir) / SWEEP_FILE
+    return Sweep(**json.loads(path.read_text())) if path.exists() else None
+
+
+def write_outcome(output_dir: str | Path, **outcome) -> None:
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / OUTCOME_FILE).write_text(json.dumps(outcome))
+
+
+def read_outcomes(sweep_dir: str | Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).glob(f"*/{OUTCOME_FILE}"))]
+
+
+class SweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        experiment_id = connect(config.tracking)
+        overrides = list(config.hydra.overrides.task)
+        sweep_id = sweep_id_for(overrides, config.resume)
+        client = mlflow.MlflowClient()
+        existing = client.search_runs(
+            [experiment_id], f"tags.sweep_id = '{sweep_id}' and tags.sweep_parent = 'true'"
+        )
+        if existing:
+            parent_run_id = existing[0].info.run_id
+            client.update_run(parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        else:
+            parent_run_id = client.create_run(
+                experiment_id,
+                run_name=f"sweep-{sweep_id}",
+                tags={
+                    "sweep_id": sweep_id,
+                    "sweep_parent": "true",
+                    "sweep_overrides": " ".join(overrides),
+                },
+            ).info.run_id
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        sweep = Sweep(sweep_id, parent_run_id, experiment_id)
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps(asdict(sweep)))
+        log.info("sweep %s: parent run %s", sweep_id, parent_run_id)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep = Sweep(**json.loads((sweep_dir / SWEEP_FILE).read_text()))
+        outcomes = read_outcomes(sweep_dir)
+        failed = [o for o in outcomes if o["status"] == "failed"]
+        mlflow.MlflowClient().set_terminated(
+            sweep.parent_run_id, status="FAILED" if failed else "FINISHED"
+        )
+        report = build_report(
+            config.tracking.uri,
+            config.tracking.experiment,
+            sweep.sweep_id,
+            sweep_dir / "comparison",
+        )
+        log.info("comparison: %s", report.paths[0].parent)
+        for outcome in outcomes:
+            log.info("%-8s %s %s", outcome["status"], outcome["job"], outcome.get("error", ""))
+        if failed:
+            log.error(
+                "%d of %d jobs failed: %s",
+                len(failed),
+                len(outcomes),
+                ", ".join(o["job"] for o in failed),
+            )
+            raise SystemExit(1)

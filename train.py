@@ -1,0 +1,49 @@
+"""Train one architecture on CIFAR-100 and record the run in MLflow.
+
+    python train.py model=resnet18 data.path=../shared/cifar100
+    python train.py -m model=alexnet,vgg13,resnet18,effnetv2,vit
+    python train.py -m model=alexnet,vgg13,resnet18,effnetv2,vit experiment=smoke
+
+Compose (Hydra) → data → model → fit → evaluate → log. A run whose config already
+FINISHED is skipped, an interrupted one resumes; `resume=false` starts afresh.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before Keras imports TensorFlow
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from data.cifar100 import load_cifar100  # noqa: E402
+from tracking.job import TrackedJob  # noqa: E402
+from tracking.results import log_results, run_tags  # noqa: E402
+from training.evaluate import evaluate  # noqa: E402
+from training.fit import build_model, fit  # noqa: E402
+from training.session import distribution_scope, start_session  # noqa: E402
+from training.validation import check_config  # noqa: E402
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    with TrackedJob(cfg) as job:
+        check_config(cfg)
+        job.open()
+        if job.finished:
+            return job.reuse_finished()
+
+        start_session(cfg.trainer.precision, cfg.seed)
+        data = load_cifar100(cfg.data, seed=cfg.seed)
+        with distribution_scope(cfg.trainer.distribution):
+            model = build_model(cfg, data)
+            job.start(run_tags(cfg, data), model)
+            result = fit(model, data, cfg, job)
+
+        evaluation = evaluate(result.best_checkpoint, data, cfg.trainer.batch_size)
+        log_results(result, evaluation, data)
+        job.finish(result.best_val_top1)
+    return job.objective
+
+
+if __name__ == "__main__":
+    main()
