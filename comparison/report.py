@@ -1,0 +1,258 @@
+"""The comparison of one sweep: table, CSV, figures, Markdown, console, parent-run artifacts.
+
+Everything comes from the tracking store, so `python compare.py --sweep <id>` rebuilds the
+same files on any machine that reaches the store. The output carries no timestamps or local
+paths, so two builds from the same store are identical.
+"""
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+from comparison.collect import SweepRecord, load_sweep
+from comparison.plots import (
+    SUPERCLASS_HEATMAP,
+    TEST_BARS,
+    TOP1_VS_PARAMS,
+    TOP1_VS_TIME,
+    VAL_CURVES,
+    write_plots,
+)
+from comparison.reference import REFERENCE
+from comparison.table import Row, build_rows, cells, headers, markdown_table, varied_keys, write_csv
+from errors import UserError
+
+MARKDOWN = "comparison.md"
+CSV = "comparison.csv"
+ARTIFACT_DIR = "comparison"
+STATUS_STYLE = {"FINISHED": "green", "RUNNING": "yellow", "FAILED": "bold red", "KILLED": "red"}
+
+
+@dataclass(frozen=True)
+class Report:
+    sweep: SweepRecord
+    varied_keys: tuple[str, ...]
+    rows: tuple[Row, ...]
+    markdown: Path
+    csv: Path
+    plots: dict[str, Path]  # file name -> path
+    logged_to: str | None  # the parent run id that got the files as artifacts, if any
+
+    @property
+    def sweep_id(self) -> str:
+        return self.sweep.sweep_id
+
+    @property
+    def parent_run_id(self) -> str:
+        return self.sweep.parent_run_id
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.markdown, self.csv, *self.plots.values()]
+
+
+def build_report(
+    tracking_uri: str,
+    experiment: str,
+    sweep_id: str | None,
+    out_dir: Path,
+    log_to_parent: bool = True,
+    *,
+    console: Console | None = None,
+) -> Report:
+    """Builds the comparison of a sweep (None: the latest started) from the store alone.
+
+    Writes comparison.md, comparison.csv and the PNG figures into out_dir, prints the table,
+    and logs the files under `comparison/` of the sweep's parent run when log_to_parent.
+    Raises comparison.StoreError (a UserError) when the store, experiment or sweep is missing.
+    """
+    sweep = load_sweep(tracking_uri, experiment, sweep_id)
+    return write_report(sweep, out_dir, log_to_parent, console=console)
+
+
+def write_report(
+    sweep: SweepRecord,
+    out_dir: Path,
+    log_to_parent: bool = True,
+    *,
+    console: Console | None = None,
+) -> Report:
+    """The files, console table and artifacts of a sweep already read with load_sweep."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    varied = varied_keys(sweep.runs)
+    rows = tuple(build_rows(sweep.runs, varied))
+    csv_path = write_csv(rows, varied, out_dir / CSV)
+    plots = write_plots(rows, out_dir)
+    markdown = out_dir / MARKDOWN
+    markdown.write_text(render_markdown(sweep, rows, varied))
+    print_table(sweep, rows, varied, console)
+
+    logged_to = None
+    if log_to_parent:
+        _log_artifacts(sweep, [markdown, csv_path, *plots.values()], out_dir)
+        logged_to = sweep.parent_run_id
+    return Report(sweep, varied, rows, markdown, csv_path, plots, logged_to)
+
+
+def _log_artifacts(sweep: SweepRecord, paths: Sequence[Path], out_dir: Path) -> None:
+    client = MlflowClient(sweep.tracking_uri)
+    try:
+        for path in paths:
+            client.log_artifact(sweep.parent_run_id, str(path), ARTIFACT_DIR)
+    except (OSError, MlflowException) as error:
+        # A store copied from another machine keeps that machine's artifact location.
+        reason = " ".join(str(error).split())[:200]
+        raise UserError(
+            f"cannot log the report to parent run {sweep.parent_run_id} ({reason}); "
+            f"the files are in {out_dir}; skip logging with compare.py --no-log "
+            "(log_to_parent=False)"
+        ) from None
+
+
+# -- console -----------------------------------------------------------------------------------
+
+
+def rich_table(sweep: SweepRecord, rows: Sequence[Row], varied: Sequence[str]) -> Table:
+    table = Table(
+        title=f"{sweep.experiment} — sweep {sweep.sweep_id} ({sweep.status})",
+        box=box.SIMPLE_HEAVY,
+        caption="accuracies in %, mean ± sample std over n seeds; "
+        "Δ = ours − the reference study, in points",
+    )
+    names = headers(varied)
+    for index, name in enumerate(names):
+        left = index < 2 + len(varied) or index == len(names) - 1  # labels and the note
+        table.add_column(name, justify="left" if left else "right")
+    for row in rows:
+        style = STATUS_STYLE.get(row.status, "")
+        values = cells(row, note_width=60)
+        values[-2] = f"[{style}]{row.status}[/]" if style else row.status
+        table.add_row(*values)
+    return table
+
+
+def print_table(
+    sweep: SweepRecord, rows: Sequence[Row], varied: Sequence[str], console: Console | None = None
+) -> None:
+    table = rich_table(sweep, rows, varied)
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            # A log or a pipe: as wide as the table needs, not squeezed into 80 columns.
+            console = Console(width=Console(width=10_000).measure(table).maximum)
+    console.print(table)
+
+
+# -- Markdown ----------------------------------------------------------------------------------
+
+
+def _reference_text() -> str:
+    groups: dict[str, list[str]] = {}
+    for name, reference in REFERENCE.items():
+        groups.setdefault(reference.setting, []).append(f"{name} {reference.top1:.2f}")
+    parts = [f"{', '.join(names)} ({setting})" for setting, names in groups.items()]
+    return "The reference study reports CIFAR-100 test top-1 (%) of " + "; ".join(parts) + "."
+
+
+def _setting_notes(rows: Sequence[Row]) -> list[str]:
+    notes = []
+    seen = set()
+    for row in rows:
+        reference = REFERENCE.get(row.architecture)
+        if reference is None or reference.strategy in (None, row.strategy):
+            continue
+        if (row.architecture, row.strategy) in seen:
+            continue
+        seen.add((row.architecture, row.strategy))
+        notes.append(
+            f"- {row.architecture} here uses strategy `{row.strategy}`; the reference study's "
+            f"number is for {reference.setting}, so Δ compares different settings."
+        )
+    return notes
+
+
+def _unfinished_notes(rows: Sequence[Row]) -> list[str]:
+    notes = []
+    for row in rows:
+        if row.status == "FINISHED":
+            continue
+        run = row.runs[0]
+        detail = row.error or (
+            "still running: the row shows what it has logged so far"
+            if row.status == "RUNNING"
+            else "no error recorded"
+        )
+        notes.append(f"- {row.label} — run `{run.run_id}`: {' '.join(detail.split())}")
+    return notes
+
+
+def render_markdown(sweep: SweepRecord, rows: Sequence[Row], varied: Sequence[str]) -> str:
+    statuses = Counter(run.status for run in sweep.runs)
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items())) or "none"
+    reused = sum(run.tags.get("sweep_id") != sweep.sweep_id for run in sweep.runs)
+    lines = [
+        f"# CIFAR-100 comparison — sweep {sweep.sweep_id}",
+        "",
+        f"Experiment `{sweep.experiment}`, sweep `{sweep.sweep_id}` (parent run "
+        f"`{sweep.parent_run_id}`, {sweep.status}), overrides `{sweep.overrides or '(none)'}`.",
+        f"Runs: {counts}"
+        + (f"; {reused} reused from earlier sweeps" if reused else "")
+        + (f"; rows split by {', '.join(f'`{k}`' for k in varied)}" if varied else "")
+        + ".",
+        "",
+        "Built from the MLflow tracking store alone; rebuild with "
+        f"`python compare.py --experiment {sweep.experiment} --sweep {sweep.sweep_id}`.",
+        "",
+    ]
+    if rows:
+        lines += [markdown_table(rows, varied), ""]
+    else:
+        lines += ["No run of this sweep is recorded in the store yet.", ""]
+    lines += [
+        "Accuracies are top-1/top-5 in %: test on the CIFAR-100 test split, best val on the "
+        "validation split. With n > 1 seeds a cell is mean ± sample standard deviation. "
+        "Train time is the wall time of fit; images/s the training throughput. "
+        "Δ top-1 = our test top-1 − the reference study's, in percentage points.",
+        "",
+        "## The reference study",
+        "",
+        _reference_text() + " Architectures it did not test have no reference number and no Δ.",
+    ]
+    notes = _setting_notes(rows)
+    if notes:
+        lines += ["", *notes]
+    unfinished = _unfinished_notes(rows)
+    if unfinished:
+        lines += ["", "## Runs that did not finish", "", *unfinished]
+    if sweep.superseded:
+        lines += [
+            "",
+            "## Superseded attempts",
+            "",
+            "Configs that ran more than once; the table shows only the latest started run.",
+            "",
+        ]
+        for run in sorted(sweep.superseded, key=lambda r: (r.start_time, r.run_id)):
+            error = f": {' '.join(run.error.split())}" if run.error else ""
+            lines.append(
+                f"- {run.architecture} seed={run.seed} — run `{run.run_id}` {run.status}{error}"
+            )
+    figures = [
+        (VAL_CURVES, "Validation top-1 per epoch (mean over seeds)"),
+        (TEST_BARS, "Test top-1 per row; black tick: the reference study"),
+        (TOP1_VS_TIME, "Test top-1 vs train wall time"),
+        (TOP1_VS_PARAMS, "Test top-1 vs parameter count"),
+        (SUPERCLASS_HEATMAP, "Test top-1 per superclass"),
+    ]
+    lines += ["", "## Figures", ""]
+    for name, caption in figures:
+        lines += [f"![{caption}]({name})", ""]
+    return "\n".join(lines)
