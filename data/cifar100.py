@@ -1,8 +1,8 @@
 """CIFAR-100 through `datasets.load_dataset`, decoded once to uint8 arrays and cached.
 
-The source is, in order of precedence: `data.synthetic` (a generated dataset, written once
-under `data.cache_dir`), `data.path` (a local folder in the hub's parquet layout, e.g.
-../shared/cifar100) or `data.hub_id` (default uoft-cs/cifar100). All three go through
+The source is, in order of precedence: `data.path` (a local folder in the hub's parquet
+layout, e.g. ../shared/cifar100), `data.synthetic` (a generated dataset, written once under
+`data.cache_dir`) or `data.hub_id` (default uoft-cs/cifar100). All three go through
 `datasets.load_dataset` and the same layout checks. The decoded train and test arrays are
 cached as one .npz under `data.cache_dir`:
 
@@ -85,15 +85,8 @@ def load_cifar100(cfg: Mapping, seed: int) -> Cifar100:
     synthetic_params = cfg.get("synthetic")
     path = cfg.get("path")
     hub_id = cfg.get("hub_id")
-    if synthetic_params:
-        if path:
-            raise UserError(
-                f"data.synthetic and data.path={path} are both set; drop one "
-                "(data=synthetic generates data, data.path reads a copy)"
-            )
-        folder, dataset_id = _synthetic_folder(synthetic_params, cfg, cache_dir)
-        arrays = _load_local(folder, cache_dir, key_name="data.synthetic")
-    elif path:
+    if path:
+        # An explicit local copy wins, also over experiment=smoke's generated data.
         folder = _resolve(path)
         if not folder.is_dir():
             shown = f"{path} (= {folder})" if str(folder) != str(path) else str(path)
@@ -103,6 +96,9 @@ def load_cifar100(cfg: Mapping, seed: int) -> Cifar100:
             )
         dataset_id = str(folder)
         arrays = _load_local(folder, cache_dir, key_name=f"data.path={path}")
+    elif synthetic_params:
+        folder, dataset_id = _synthetic_folder(synthetic_params, cfg, cache_dir)
+        arrays = _load_local(folder, cache_dir, key_name="data.synthetic")
     elif hub_id:
         dataset_id = str(hub_id)
         arrays = _load_hub(dataset_id, cache_dir)

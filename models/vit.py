@@ -36,6 +36,7 @@ from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
 from safetensors import SafetensorError
 
 from errors import UserError
+from models.layers import ClassToken
 from models.preprocessing import image_input, preprocess
 
 DEFAULT_CHECKPOINT = "hf://google/vit-base-patch16-224-in21k"
@@ -67,17 +68,6 @@ HINT = (
     "point model.checkpoint at a local Hugging Face ViT folder (config.json + "
     "model.safetensors), or set model.pretrained=false for random weights"
 )
-
-
-@keras.saving.register_keras_serializable(package="cifar100")
-class ClassToken(layers.Layer):
-    """The first token of a (batch, tokens, dim) sequence: ViT's classification feature."""
-
-    def call(self, sequence):
-        return sequence[:, 0, :]
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], input_shape[2])
 
 
 class ViTSafetensorLoader(SafetensorLoader):

@@ -325,9 +325,13 @@ def test_val_size_bounds_are_valid(tmp_path, small_folder):
         assert len(data.val) == val_size and set(data.val.labels) == set(range(10))
 
 
-def test_error_synthetic_and_path_both_set(tmp_path, small_folder):
+def test_path_wins_over_synthetic(tmp_path, small_folder):
+    # experiment=smoke selects generated data; data.path=... on top must read the real copy.
     cfg = _cfg(tmp_path, path=str(small_folder), synthetic={"train_per_class": 2})
-    assert "data.synthetic and data.path" in _one_line_error(cfg)
+    assert load_cifar100(cfg, seed=0).dataset_id == str(small_folder.resolve())
+
+
+def test_error_synthetic_unknown_key(tmp_path):
     cfg = _cfg(tmp_path, synthetic={"train_per_klass": 2})
     assert "data.synthetic: unknown key(s) train_per_klass" in _one_line_error(cfg)
 

@@ -59,10 +59,13 @@ def connect(tracking: DictConfig) -> str:
         _probe_folder(Path(uri.removeprefix(SQLITE_PREFIX)).parent, f"tracking.uri={uri}")
     elif uri.startswith(("http://", "https://")):
         _probe_server(uri)
-    artifacts = local_path(tracking.artifact_location)
+    location = tracking.artifact_location
+    if location is None and uri.startswith(SQLITE_PREFIX):
+        location = str(Path(uri.removeprefix(SQLITE_PREFIX)).parent / "artifacts")
+    artifacts = local_path(location)
     if artifacts is not None:
         artifacts = artifacts.resolve()
-        _probe_folder(artifacts, f"tracking.artifact_location={tracking.artifact_location}")
+        _probe_folder(artifacts, f"tracking.artifact_location={location}")
     _probe_folder(
         Path(tracking.checkpoint_dir), f"tracking.checkpoint_dir={tracking.checkpoint_dir}"
     )
@@ -72,7 +75,8 @@ def connect(tracking: DictConfig) -> str:
         experiment = mlflow.get_experiment_by_name(tracking.experiment)
         if experiment is not None:
             return experiment.experiment_id
-        location = artifacts.as_uri() if artifacts else tracking.artifact_location
+        if artifacts is not None:
+            location = artifacts.as_uri()
         try:
             return mlflow.create_experiment(tracking.experiment, artifact_location=location)
         except MlflowException:
