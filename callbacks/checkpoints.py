@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,17 @@ def _atomic_save(save, path: Path) -> None:
 def _atomic_write_json(data, path: Path) -> None:
     tmp = path.with_name(f".tmp-{path.name}")
     tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def _atomic_link(source: Path, path: Path) -> None:
+    """`path` becomes `source`'s content: a hard link (no copy) where the filesystem has them."""
+    tmp = path.with_name(f".tmp-{path.name}")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copy2(source, tmp)
     os.replace(tmp, path)
 
 
@@ -76,6 +88,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
     Keeps the last `keep` epochs, so a checkpoint corrupted on disk falls back to the one
     before. `restore` (called before fit) loads the newest readable one; this callback then
     puts the counters back into the `track`ed callbacks once they have reset themselves.
+    A tracked BestCheckpoint's file is snapshotted with each epoch (a hard link), so a
+    restored epoch also gets back the best model it knew, not one from an epoch it lost.
     """
 
     def __init__(self, directory: str | Path, keep: int = 2):
@@ -105,6 +119,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.directory.mkdir(parents=True, exist_ok=True)
         stem = self.directory / f"epoch-{epoch + 1:04d}"
         _atomic_save(self.model.save_weights, stem.with_suffix(".weights.h5"))
+        best = self.tracked.get("BestCheckpoint")
+        if best is not None and best.path.exists():
+            _atomic_link(best.path, stem.with_suffix(".best.keras"))
         # The json goes last: a checkpoint counts only once it exists.
         _atomic_write_json(
             {"epochs_done": epoch + 1, "history": history, "callbacks": self.state.callbacks},
@@ -113,6 +130,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         for old in self.checkpoints()[: -self.keep]:
             old.unlink(missing_ok=True)
             old.with_suffix("").with_suffix(".weights.h5").unlink(missing_ok=True)
+            old.with_suffix("").with_suffix(".best.keras").unlink(missing_ok=True)
 
     def _callback_state(self) -> dict[str, dict]:
         state = {}
@@ -144,8 +162,12 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     def restore(self, model: keras.Model) -> TrainingState | None:
         """Loads the newest checkpoint that reads back; None when there is none."""
+        # Half-written files of a job killed mid-save; never read, so just clear them.
+        for tmp in [*self.directory.glob(".tmp-*"), *self.directory.parent.glob(".tmp-*")]:
+            tmp.unlink(missing_ok=True)
         checkpoints = self.checkpoints()
         if not checkpoints:
+            self._restore_best(None)
             return None
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
@@ -163,11 +185,26 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 continue
             self.state = TrainingState(state["epochs_done"], state["history"], state["callbacks"])
             self.pending = {k: v for k, v in state["callbacks"].items() if k in self.tracked}
+            self._restore_best(meta)
+            if meta != checkpoints[-1]:
+                log.warning("resuming from the older checkpoint %s", meta)
             return self.state
         log.warning("no readable checkpoint in %s; starting from scratch", self.directory)
+        self._restore_best(None)
         for variable, value in zip(model.variables, fresh, strict=True):
             variable.assign(value)
         if model.optimizer is not None:
             for variable, value in zip(model.optimizer.variables, fresh_optimizer, strict=True):
                 variable.assign(value)
         return None
+
+    def _restore_best(self, meta: Path | None) -> None:
+        """Puts back the best model as of the restored epoch (none before the first)."""
+        best = self.tracked.get("BestCheckpoint")
+        if best is None:
+            return
+        snapshot = meta.with_suffix("").with_suffix(".best.keras") if meta else None
+        if snapshot is not None and snapshot.exists():
+            _atomic_link(snapshot, best.path)
+        else:
+            best.path.unlink(missing_ok=True)

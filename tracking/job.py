@@ -14,16 +14,26 @@ import shutil
 import traceback
 from pathlib import Path
 
-import mlflow
-from hydra.core.hydra_config import HydraConfig
-from mlflow.entities import Run
-from omegaconf import DictConfig, OmegaConf
+# MLflow's usage telemetry thread deletes an environment variable when it cannot reach its
+# endpoint (offline, here), while requests iterates os.environ for proxies: a KeyError that
+# fails a run's first call to a tracking server. Set before MLflow is first imported.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
-from errors import UserError
-from tracking.params import config_identity, flatten_params
-from tracking.results import log_model_summary
-from tracking.store import connect
-from tracking.sweep import current_sweep, write_outcome
+import mlflow  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from mlflow.entities import Run  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from errors import UserError  # noqa: E402
+from tracking.params import (  # noqa: E402
+    config_identity,
+    flatten_params,
+    public_config,
+    public_overrides,
+)
+from tracking.results import log_model_summary  # noqa: E402
+from tracking.store import connect  # noqa: E402
+from tracking.sweep import current_sweep, write_outcome  # noqa: E402
 
 log = logging.getLogger("train")
 
@@ -38,6 +48,7 @@ class TrackedJob:
         self.job = f"{hydra.job.num}_{self.name}" if hydra.mode.name == "MULTIRUN" else self.name
         self.output_dir = Path(hydra.runtime.output_dir)
         self.run_id: str | None = None
+        self.identity: str | None = None
         self.resuming = False
         self.finished_twin: Run | None = None
         # What the task returns: best val top-1, NaN for a failed job (Optuna fails the trial).
@@ -88,40 +99,71 @@ class TrackedJob:
 
     def start(self, tags: dict[str, str], model) -> None:
         """Opens the MLflow run (new, or the interrupted twin) and logs what defines it."""
+        self.tags, self.model = tags, model  # for a run that takes over (continue_from)
         if self.resuming:
-            mlflow.start_run(run_id=self.run_id)
+            run = mlflow.start_run(run_id=self.run_id)
             if self.sweep is not None:
                 mlflow.set_tag(f"sweep.{self.sweep.sweep_id}", "true")
             log.info("%s: resuming run %s", self.job, self.run_id)
+            # A kill right after the run started can leave it without params or summary.
+            params = flatten_params(self.cfg)
+            mlflow.log_params({k: v for k, v in params.items() if k not in run.data.params})
+            if "param_count" not in run.data.metrics:
+                mlflow.log_text(OmegaConf.to_yaml(public_config(self.cfg)), "config.yaml")
+                log_model_summary(model)
         else:
-            sweep_tags = {}
-            if self.sweep is not None:
-                sweep_tags = {
-                    "sweep_id": self.sweep.sweep_id,
-                    f"sweep.{self.sweep.sweep_id}": "true",
-                }
-            run = mlflow.start_run(
-                experiment_id=self.experiment_id,
-                run_name=self.name,
-                parent_run_id=self.sweep.parent_run_id if self.sweep else None,
-                tags={
-                    "identity": self.identity,
-                    "model": self.name,
-                    "overrides": " ".join(HydraConfig.get().overrides.task),
-                    **sweep_tags,
-                    **tags,
-                },
-            )
-            self.run_id = run.info.run_id
+            self._new_run(tags)
             log.info("%s: run %s started", self.job, self.run_id)
-            mlflow.log_params(flatten_params(self.cfg))
-            mlflow.log_text(OmegaConf.to_yaml(self.cfg, resolve=True), "config.yaml")
             log_model_summary(model)
 
-    def log_missing_epochs(self, history: list[dict]) -> None:
-        """Re-logs epochs that a resumed checkpoint holds but the store lost with the kill."""
-        logged = {m.step for m in mlflow.MlflowClient().get_metric_history(self.run_id, "loss")}
-        for epoch, logs in enumerate(history):
+    def _new_run(self, tags: dict[str, str]) -> None:
+        sweep_tags = {}
+        if self.sweep is not None:
+            sweep_tags = {
+                "sweep_id": self.sweep.sweep_id,
+                f"sweep.{self.sweep.sweep_id}": "true",
+            }
+        run = mlflow.start_run(
+            experiment_id=self.experiment_id,
+            run_name=self.name,
+            parent_run_id=self.sweep.parent_run_id if self.sweep else None,
+            tags={
+                "identity": self.identity,
+                "model": self.name,
+                "overrides": " ".join(public_overrides(HydraConfig.get().overrides.task)),
+                **sweep_tags,
+                **tags,
+            },
+        )
+        self.run_id = run.info.run_id
+        mlflow.log_params(flatten_params(self.cfg))
+        mlflow.log_text(OmegaConf.to_yaml(public_config(self.cfg)), "config.yaml")
+
+    def continue_from(self, epochs_done: int, history: list[dict]) -> None:
+        """Makes a resumed run's curves hold epochs 0..epochs_done-1 once each, then trains on.
+
+        Epochs the checkpoint holds but the store lost with the kill are logged again. Epochs
+        the store holds past the checkpoint (its newer ones were unreadable) cannot be taken
+        back in MLflow, so a new run of the same identity takes over and the old one is KILLED.
+        """
+        client = mlflow.MlflowClient()
+        logged = {m.step for m in client.get_metric_history(self.run_id, "loss")}
+        if any(step >= epochs_done for step in logged):
+            old_run_id = self.run_id
+            mlflow.end_run("KILLED")
+            self.resuming = False
+            self.start(self.tags, self.model)
+            client.set_tag(old_run_id, "superseded_by", self.run_id)
+            log.warning(
+                "%s: run %s logged %d epochs but the checkpoint holds %d; run %s takes over",
+                self.job,
+                old_run_id,
+                max(logged) + 1,
+                epochs_done,
+                self.run_id,
+            )
+            logged = set()
+        for epoch, logs in enumerate(history[:epochs_done]):
             if epoch not in logged:
                 mlflow.log_metrics(logs, step=epoch)
 
@@ -137,6 +179,8 @@ class TrackedJob:
         mlflow.end_run("FINISHED")
         self.objective = objective
         self._outcome("finished", run_id=self.run_id)
+        # Only an unfinished run resumes; the best model is the run's artifact now.
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
 
     # -- how the job ends --------------------------------------------------------------------
 
@@ -152,7 +196,10 @@ class TrackedJob:
             return False
         message = str(error) if isinstance(error, UserError) else f"{exc_type.__name__}: {error}"
         message = " ".join(message.split())
-        self._record_failure(message, "".join(traceback.format_exception(error)))
+        try:
+            self._record_failure(message, "".join(traceback.format_exception(error)))
+        except Exception as store_error:  # a store gone away must not end the whole sweep
+            log.warning("%s: could not record the failure in MLflow (%s)", self.job, store_error)
         log.error("%s failed: %s", self.job, message)
         self._outcome("failed", run_id=self.run_id, error=message)
         if HydraConfig.get().mode.name == "MULTIRUN":
@@ -166,7 +213,9 @@ class TrackedJob:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         trace_file.write_text(trace)
         if not mlflow.active_run():
-            return
+            if self.identity is None or self.resuming or self.finished:
+                return  # no store yet, or a twin run that a rerun resumes or reuses as is
+            self._new_run({})  # failed before training: still a FAILED row in the sweep
         try:
             mlflow.set_tag("error", message[:5000])
             mlflow.log_artifact(str(trace_file))

@@ -54,3 +54,26 @@ def flatten_params(cfg: DictConfig) -> dict[str, str]:
     tree = OmegaConf.to_container(cfg, resolve=True)
     _drop(tree, "model.sizes")
     return {key: str(value)[:6000] for key, value in _flatten(tree) if not is_secret(key)}
+
+
+def _mask(tree):
+    if isinstance(tree, dict):
+        return {key: "***" if is_secret(str(key)) else _mask(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_mask(value) for value in tree]
+    return tree
+
+
+def public_config(cfg: DictConfig) -> dict:
+    """The resolved config with secret-looking values masked: what config.yaml may show."""
+    return _mask(OmegaConf.to_container(cfg, resolve=True))
+
+
+def public_overrides(overrides) -> list[str]:
+    """Hydra override strings (`+tracking.api_token=...`) with secret-looking values masked."""
+    masked = []
+    for override in overrides:
+        key, equals, _ = override.partition("=")
+        secret = equals and is_secret(key.lstrip("+~"))
+        masked.append(f"{key}=***" if secret else override)
+    return masked

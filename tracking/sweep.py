@@ -22,6 +22,7 @@ from mlflow.entities import RunStatus
 from omegaconf import DictConfig
 
 from comparison import build_report
+from tracking.params import public_overrides
 from tracking.store import connect
 
 log = logging.getLogger(__name__)
@@ -80,11 +81,14 @@ class SweepCallback(Callback):
                 tags={
                     "sweep_id": sweep_id,
                     "sweep_parent": "true",
-                    "sweep_overrides": " ".join(overrides),
+                    "sweep_overrides": " ".join(public_overrides(overrides)),
                 },
             ).info.run_id
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        # The summary reports this launch only: a job killed before it ended writes none.
+        for stale in sweep_dir.glob(f"*/{OUTCOME_FILE}"):
+            stale.unlink()
         sweep = Sweep(sweep_id, parent_run_id, experiment_id)
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(asdict(sweep)))
         log.info("sweep %s: parent run %s", sweep_id, parent_run_id)

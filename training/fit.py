@@ -119,7 +119,7 @@ def fit(model: keras.Model, data: Cifar100, cfg: DictConfig, job) -> FitResult:
     best = BestCheckpoint(job.checkpoint_dir / "best.keras", trainer.checkpoint_monitor)
     epochs = EpochCheckpoint(job.checkpoint_dir / "epochs")
     resume_at = epochs.latest_epochs_done() if job.resuming else 0
-    restored = False
+    restored = not job.resuming
     for stage in plan_stages(cfg):
         if resume_at > stage.end_epoch:
             continue  # finished before the interruption
@@ -127,14 +127,20 @@ def fit(model: keras.Model, data: Cifar100, cfg: DictConfig, job) -> FitResult:
         early_stopping = _early_stopping(cfg)
         epochs.track([*schedule.callbacks, *early_stopping, best])
         initial_epoch = stage.first_epoch
-        if resume_at > stage.first_epoch and not restored:
+        if not restored:
             restored = True
             state = epochs.restore(model)
-            if state is not None:
-                initial_epoch = state.epochs_done
-                job.log_missing_epochs(state.history)
+            initial_epoch = state.epochs_done if state else 0
+            if initial_epoch < stage.first_epoch:
+                raise RuntimeError(
+                    f"no readable checkpoint in {epochs.directory} from epoch "
+                    f"{stage.first_epoch} (this stage's start) on; run the same command again "
+                    "to start this job afresh"
+                )
+            job.continue_from(initial_epoch, state.history if state else [])
         if initial_epoch >= stage.end_epoch:
-            epochs.pending = {}  # a later stage starts its callbacks afresh
+            # A later stage starts its callbacks afresh; only the best value carries over.
+            epochs.pending = {k: v for k, v in epochs.pending.items() if k == "BestCheckpoint"}
             continue
         model.fit(
             data.train.images,
