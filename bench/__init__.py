@@ -1,0 +1,1 @@
+"""Benchmarks that build models exactly as train.py does, on synthetic data: no MLflow."""
