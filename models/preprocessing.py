@@ -21,9 +21,10 @@ IMAGENET_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
 class RandomShift(layers.Layer):
     """Pad by `padding` pixels and crop back at a random offset, drawn per image.
 
-    The classic CIFAR "pad 4, random crop" augmentation. keras.layers.RandomCrop draws one
-    offset for the whole batch, and RandomTranslation interpolates every pixel through an
-    affine warp (about 30x the cost of a flip); this gathers rows and columns by index.
+    The classic CIFAR "pad 4, random crop" augmentation, gathering rows and columns by
+    index. keras.layers.RandomCrop draws one offset for the whole batch, and
+    RandomTranslation warps through an affine transform with supports_jit=False, which turns
+    XLA off for the whole model (bench/throughput.py measured 7x slower steps on JAX).
     Identity at inference.
     """
 

@@ -522,7 +522,7 @@ def test_interrupted_run_with_a_truncated_checkpoint_falls_back(tmp_path, data_c
 
 
 def test_failing_jobs_are_isolated_recorded_and_summarized(tmp_path, data_cache):
-    # lr=1e30 diverges to NaN (TerminateOnNaN); val_nope never appears in the logs;
+    # lr=1e30 diverges to NaN (StopOnDivergence); val_nope never appears in the logs;
     # val_size=100000 fails while loading the data, before any training. Only the last job,
     # which comes after all the failures, is sound.
     result = train_cli(

@@ -6,6 +6,7 @@ A run has one stage, or two for `model.strategy=finetune`: the head alone for
 epochs. Every epoch is checkpointed, so a resumed job picks up mid-stage.
 """
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +17,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from callbacks.checkpoints import BestCheckpoint, EpochCheckpoint
-from callbacks.epoch_stats import EpochStats
+from callbacks.epoch_stats import EpochStats, StopOnDivergence
 from callbacks.mlflow_metrics import MlflowMetrics
 from data.cifar100 import Cifar100
 from errors import UserError
 from training.losses import classification_loss
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,9 @@ def compile_stage(model: keras.Model, cfg: DictConfig, stage: Stage, steps_per_e
         jit_compile=cfg.trainer.jit_compile,
         steps_per_execution=cfg.trainer.steps_per_execution,
     )
+    if cfg.trainer.jit_compile is True and not model.jit_compile:
+        blockers = [layer.name for layer in _layers(model) if not layer.supports_jit]
+        log.warning("trainer.jit_compile=true, but XLA is off: %s cannot compile", blockers)
     return schedule
 
 
@@ -153,7 +159,7 @@ def fit(model: keras.Model, data: Cifar100, cfg: DictConfig, job) -> FitResult:
                 EpochStats(len(data.train.labels)),
                 *schedule.callbacks,
                 *early_stopping,
-                keras.callbacks.TerminateOnNaN(),
+                StopOnDivergence(),
                 best,
                 epochs,
                 MlflowMetrics(),
