@@ -19,7 +19,6 @@ import hashlib
 import os
 import shutil
 import tempfile
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 
 from data import synthetic
 from errors import UserError
+from hf_hub import hub_reachable
 
 DEFAULT_HUB_ID = "uoft-cs/cifar100"
 DEFAULT_CACHE_DIR = "~/.cache/cifar100-keras"
@@ -36,7 +36,6 @@ COLUMNS = ("img", "fine_label", "coarse_label")
 # Bump when the cached arrays change meaning, so old cache files are ignored.
 CACHE_VERSION = 1
 # Seconds the hub may take to answer one HEAD request before we treat it as unreachable.
-HUB_PROBE_TIMEOUT = 3.0
 
 _ARRAY_KEYS = (
     "train_images",
@@ -198,11 +197,8 @@ def _load_hub(hub_id: str, cache_dir: Path) -> dict[str, np.ndarray]:
 
     hf_cache = cache_dir / "hf"
     local = f"use a local copy: {SHARED_HINT}"
-    # Without network, huggingface_hub retries each request with backoff (about 25 s here, and
-    # minutes where packets are dropped). One bounded probe first: when it fails, load in
-    # offline mode, which still finds a copy prepared earlier in the cache and fails at once
-    # otherwise.
-    offline = datasets.config.HF_HUB_OFFLINE or not _hub_reachable(datasets.config.HF_ENDPOINT)
+    # Offline mode still finds a copy prepared earlier in the cache, and fails at once otherwise.
+    offline = datasets.config.HF_HUB_OFFLINE or not hub_reachable(datasets.config.HF_ENDPOINT)
     previous = datasets.config.HF_HUB_OFFLINE
     datasets.config.HF_HUB_OFFLINE = offline
     try:
@@ -232,26 +228,6 @@ def _load_hub(hub_id: str, cache_dir: Path) -> dict[str, np.ndarray]:
         arrays = _decode(splits, f"data.hub_id={hub_id}")
         _write_cache(cache_file, arrays)
     return arrays
-
-
-def _hub_reachable(endpoint: str) -> bool:
-    """Whether the hub answers one HEAD request within HUB_PROBE_TIMEOUT seconds."""
-    from huggingface_hub.utils import get_session, httpx
-
-    answered = []
-
-    def probe():
-        try:
-            get_session().head(endpoint, timeout=HUB_PROBE_TIMEOUT)
-            answered.append(True)
-        except (httpx.HTTPError, OSError):
-            pass
-
-    # A thread bounds the wait: name resolution is not covered by the request timeout.
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(HUB_PROBE_TIMEOUT + 1)
-    return bool(answered)
 
 
 def _synthetic_folder(params: Mapping, cfg: Mapping, cache_dir: Path) -> tuple[Path, str]:

@@ -36,6 +36,7 @@ from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
 from safetensors import SafetensorError
 
 from errors import UserError
+from hf_hub import hub_reachable
 from models.layers import ClassToken
 from models.preprocessing import image_input, preprocess
 
@@ -110,18 +111,6 @@ def _one_line(error: Exception, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _hub_reachable() -> bool:
-    from huggingface_hub import constants, get_session
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    try:
-        get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_TIMEOUT_S)
-    except Exception:  # any failure of the probe means: work from the local cache
-        return False
-    return True
-
-
 def _fetch_from_hub(checkpoint: str) -> Path:
     """Downloads (or finds in the cache) a hub checkpoint's files; returns their folder."""
     from huggingface_hub import constants, hf_hub_download
@@ -133,7 +122,7 @@ def _fetch_from_hub(checkpoint: str) -> Path:
     )
 
     repo_id = checkpoint.removeprefix(HF_SCHEME).strip("/")
-    online = _hub_reachable()
+    online = hub_reachable(timeout=HUB_PROBE_TIMEOUT_S)
 
     def fetch(filename: str, required: bool) -> Path | None:
         try:

@@ -337,9 +337,9 @@ def test_error_synthetic_unknown_key(tmp_path):
 
 
 def _hub_answers() -> bool:
-    from data.cifar100 import _hub_reachable
+    from hf_hub import hub_reachable
 
-    return _hub_reachable(datasets.config.HF_ENDPOINT)
+    return hub_reachable(datasets.config.HF_ENDPOINT)
 
 
 @pytest.mark.skipif(datasets.config.HF_HUB_OFFLINE, reason="HF_HUB_OFFLINE is set")

@@ -93,14 +93,12 @@ def onecycle(
     div_factor: float = 25.0,
     final_div_factor: float = 1e4,
 ) -> Schedule:
-    total = steps_per_epoch * epochs
-    warmup = _warmup_steps(warmup_fraction * epochs, steps_per_epoch, total)
-    return Schedule(
-        schedules.CosineDecay(
-            initial_learning_rate=lr / div_factor,
-            decay_steps=max(total - warmup, 1),
-            alpha=1.0 / final_div_factor,
-            warmup_target=lr,
-            warmup_steps=warmup,
-        )
+    """A cosine schedule whose long warmup starts at lr / div_factor."""
+    return cosine(
+        lr=lr,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        warmup_epochs=warmup_fraction * epochs,
+        warmup_start=1 / div_factor,
+        final_scale=1 / final_div_factor,
     )
