@@ -10,11 +10,15 @@ experiment or sweep is reported in one line on stderr with exit code 2.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from comparison import StoreError, load_sweep, write_report
-from errors import UserError
+# As in tracking/job.py: MLflow's telemetry thread races requests over os.environ offline.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from comparison import StoreError, load_sweep, write_report  # noqa: E402
+from errors import UserError  # noqa: E402
 
 FLAGS = {"tracking_uri": "--tracking-uri", "experiment": "--experiment", "sweep": "--sweep"}
 
