@@ -64,6 +64,25 @@ def test_optimizer_and_schedule_instantiate(optimizer, schedule):
     assert all(0 < r <= cfg.optimizer.lr * (1 + 1e-6) for r in rates), rates
 
 
+@pytest.mark.parametrize("optimizer", _options("optimizer"))
+def test_every_optimizer_clips_when_asked(optimizer):
+    """Clipped to norm 1, an absurd gradient takes the step its unit-norm direction takes."""
+
+    def first_step(gradient, *overrides):
+        cfg = _compose(f"optimizer={optimizer}", "optimizer.weight_decay=0", *overrides)
+        opt = instantiate(cfg.optimizer, lr=0.1)
+        weights = keras.Variable(keras.ops.zeros((4,)))
+        opt.apply([keras.ops.convert_to_tensor(gradient)], [weights])
+        return keras.ops.convert_to_numpy(weights)
+
+    absurd, unit = [3e4, 4e4, 0.0, 0.0], [0.6, 0.8, 0.0, 0.0]
+    assert _compose(f"optimizer={optimizer}").optimizer.global_clipnorm is None
+    clipped = first_step(absurd, "optimizer.global_clipnorm=1.0")
+    assert clipped == pytest.approx(first_step(unit), rel=1e-4, abs=1e-7)
+    if optimizer == "sgd":  # where the step scales with the gradient, unclipped is huge
+        assert abs(first_step(absurd)).max() > 1e4 * abs(clipped).max()
+
+
 def test_schedules_shape_the_learning_rate():
     lr = 0.1
 

@@ -3,6 +3,8 @@
 Each takes `lr` (a float or a schedule) under the name the configs use, so
 `optimizer.lr=0.05` on the command line means what it says. Weight decay is Keras'
 decoupled decay and skips biases and normalization parameters, as the CIFAR recipes do.
+Every factory takes the same optional `global_clipnorm` (clip the gradients' joint norm,
+as the ViT fine-tuning recipe does), so a preset that sets it composes with any group.
 """
 
 import keras
@@ -16,28 +18,58 @@ def _skip_norm_and_bias(optimizer: keras.optimizers.Optimizer) -> keras.optimize
     return optimizer
 
 
-def sgd(lr, momentum=0.9, nesterov=True, weight_decay=0.0) -> keras.optimizers.Optimizer:
+def sgd(
+    lr, momentum=0.9, nesterov=True, weight_decay=0.0, global_clipnorm=None
+) -> keras.optimizers.Optimizer:
     return _skip_norm_and_bias(
         keras.optimizers.SGD(
             learning_rate=lr,
             momentum=momentum,
             nesterov=nesterov,
             weight_decay=weight_decay or None,
+            global_clipnorm=global_clipnorm,
         )
     )
 
 
-def adam(lr, beta_1=0.9, beta_2=0.999, weight_decay=0.0) -> keras.optimizers.Optimizer:
+def adam(
+    lr, beta_1=0.9, beta_2=0.999, weight_decay=0.0, global_clipnorm=None
+) -> keras.optimizers.Optimizer:
     return _skip_norm_and_bias(
         keras.optimizers.Adam(
-            learning_rate=lr, beta_1=beta_1, beta_2=beta_2, weight_decay=weight_decay or None
+            learning_rate=lr,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            weight_decay=weight_decay or None,
+            global_clipnorm=global_clipnorm,
         )
     )
 
 
-def adamw(lr, beta_1=0.9, beta_2=0.999, weight_decay=0.05) -> keras.optimizers.Optimizer:
+def adamw(
+    lr, beta_1=0.9, beta_2=0.999, weight_decay=0.05, global_clipnorm=None
+) -> keras.optimizers.Optimizer:
     return _skip_norm_and_bias(
         keras.optimizers.AdamW(
-            learning_rate=lr, beta_1=beta_1, beta_2=beta_2, weight_decay=weight_decay
+            learning_rate=lr,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            weight_decay=weight_decay,
+            global_clipnorm=global_clipnorm,
+        )
+    )
+
+
+def rmsprop(
+    lr, rho=0.9, momentum=0.9, epsilon=1e-3, weight_decay=0.0, global_clipnorm=None
+) -> keras.optimizers.Optimizer:
+    return _skip_norm_and_bias(
+        keras.optimizers.RMSprop(
+            learning_rate=lr,
+            rho=rho,
+            momentum=momentum,
+            epsilon=epsilon,
+            weight_decay=weight_decay or None,
+            global_clipnorm=global_clipnorm,
         )
     )

@@ -33,6 +33,12 @@ def _number(cfg: DictConfig, key: str):
 def check_config(cfg: DictConfig) -> None:
     lr = _number(cfg, "optimizer.lr")
     _require(lr > 0, f"optimizer.lr={lr} must be > 0, e.g. optimizer.lr=0.1")
+    if cfg.optimizer.get("global_clipnorm") is not None:
+        clipnorm = _number(cfg, "optimizer.global_clipnorm")
+        _require(
+            clipnorm > 0,
+            f"optimizer.global_clipnorm={clipnorm} must be > 0, or null for no clipping",
+        )
     batch_size = _number(cfg, "trainer.batch_size")
     _require(
         batch_size > 0 and batch_size == int(batch_size),
