@@ -4,6 +4,7 @@ import fnmatch
 import hashlib
 import json
 
+import keras
 from omegaconf import DictConfig, OmegaConf
 
 # Keys that say where or how verbosely a run is recorded, not what it computes (model.sizes
@@ -24,11 +25,16 @@ def _drop(tree: dict, dotted: str) -> None:
     tree.pop(leaf, None)
 
 
-def config_identity(cfg: DictConfig) -> str:
-    """A stable 16-hex hash of the resolved config minus NOT_IDENTITY."""
+def config_identity(cfg: DictConfig, backend: str | None = None) -> str:
+    """A stable 16-hex hash of the resolved config minus NOT_IDENTITY, plus the Keras backend.
+
+    The backend is in because it changes the numbers (kernels, random streams), so a JAX run
+    of a config that FINISHED on TensorFlow is a run of its own, not a skip.
+    """
     tree = OmegaConf.to_container(cfg, resolve=True)
     for key in NOT_IDENTITY:
         _drop(tree, key)
+    tree["keras_backend"] = backend or keras.backend.backend()
     blob = json.dumps(tree, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
