@@ -432,6 +432,24 @@ def test_resume_false_starts_a_fresh_run_beside_the_finished_one(kill_chain, dat
     assert new.data.tags["sweep_id"] != old.data.tags["sweep_id"]
 
 
+def test_the_same_sweep_on_another_backend_is_a_sweep_and_runs_of_its_own(tmp_path, data_cache):
+    command = ("-m", "model=alexnet", "experiment=smoke", "trainer.epochs=1")
+    for backend in ("tensorflow", "jax", "jax"):
+        result = train_cli(*command, root=tmp_path, cache=data_cache, backend=backend)
+        assert result.returncode == 0, output(result)[-3000:]
+    store = Store(tmp_path)
+    # The JAX launch trained rather than skipping the TensorFlow run; its rerun skipped.
+    assert "FINISHED earlier" in output(result)
+    runs = store.jobs()
+    assert sorted(r.data.tags["backend"] for r in runs) == ["jax", "tensorflow"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    parents = store.runs("tags.sweep_parent = 'true'")
+    assert sorted(p.data.tags["backend"] for p in parents) == ["jax", "tensorflow"]
+    for parent in parents:
+        members = store.runs(f"tags.`sweep.{parent.data.tags['sweep_id']}` = 'true'")
+        assert [m.data.tags["backend"] for m in members] == [parent.data.tags["backend"]]
+
+
 # Big weights (AlexNet at its base size, 36 M parameters) on very few images: a short epoch
 # and a checkpoint write of a second or more, long enough to kill in the middle of.
 SLOW_WRITE = (

@@ -14,6 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import keras
 import mlflow
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -38,9 +39,11 @@ class Sweep:
     experiment_id: str
 
 
-def sweep_id_for(overrides: list[str], resume: bool) -> str:
-    """Same command line, same sweep: a rerun after a kill reopens it. resume=false never."""
-    key = " ".join(sorted(overrides)) + ("" if resume else f" @{time.time_ns()}")
+def sweep_id_for(overrides: list[str], resume: bool, backend: str) -> str:
+    """Same command line on the same Keras backend, same sweep: a rerun after a kill reopens
+    it. Another backend is a sweep of its own, as its runs are (see config_identity).
+    resume=false never reopens one."""
+    key = " ".join(sorted(overrides)) + f" #{backend}" + ("" if resume else f" @{time.time_ns()}")
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
@@ -66,7 +69,8 @@ class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         experiment_id = connect(config.tracking)
         overrides = list(config.hydra.overrides.task)
-        sweep_id = sweep_id_for(overrides, config.resume)
+        backend = keras.backend.backend()
+        sweep_id = sweep_id_for(overrides, config.resume, backend)
         client = mlflow.MlflowClient()
         existing = client.search_runs(
             [experiment_id], f"tags.sweep_id = '{sweep_id}' and tags.sweep_parent = 'true'"
@@ -82,6 +86,7 @@ class SweepCallback(Callback):
                     "sweep_id": sweep_id,
                     "sweep_parent": "true",
                     "sweep_overrides": " ".join(public_overrides(overrides)),
+                    "backend": backend,
                 },
             ).info.run_id
         sweep_dir = Path(config.hydra.sweep.dir)
