@@ -83,6 +83,30 @@ def test_every_optimizer_clips_when_asked(optimizer):
         assert abs(first_step(absurd)).max() > 1e4 * abs(clipped).max()
 
 
+@pytest.mark.parametrize("optimizer", _options("optimizer"))
+def test_every_optimizer_accumulates_when_asked(optimizer):
+    """With 2 accumulation steps, two batches make the one update their mean gradient makes."""
+
+    def weights_after(gradients, *overrides):
+        cfg = _compose(f"optimizer={optimizer}", "optimizer.weight_decay=0", *overrides)
+        opt = instantiate(cfg.optimizer, lr=0.1)
+        weights = keras.Variable(keras.ops.zeros((2,)))
+        seen = []
+        for gradient in gradients:
+            opt.apply([keras.ops.convert_to_tensor(gradient)], [weights])
+            seen.append(keras.ops.convert_to_numpy(weights).copy())
+        return seen
+
+    assert _compose(f"optimizer={optimizer}").optimizer.gradient_accumulation_steps == 1
+    first, second = weights_after(
+        [[1.0, -2.0], [3.0, 0.0]], "optimizer.gradient_accumulation_steps=2"
+    )
+    assert first == pytest.approx([0.0, 0.0])  # no update after the first batch
+    (one_update,) = weights_after([[2.0, -1.0]])
+    assert second == pytest.approx(one_update, rel=1e-5)
+    assert abs(one_update).max() > 0
+
+
 def test_schedules_shape_the_learning_rate():
     lr = 0.1
 

@@ -105,6 +105,7 @@ BAD_INPUTS = [
     (["optimizer.lr=-0.1"], "optimizer.lr=-0.1"),
     (["trainer.batch_size=0"], "trainer.batch_size=0"),
     (["optimizer.global_clipnorm=0"], "optimizer.global_clipnorm=0"),
+    (["optimizer.gradient_accumulation_steps=0"], "optimizer.gradient_accumulation_steps=0"),
     (["data.val_size=0"], "data.val_size=0"),
     (["data.val_size=100000"], "data.val_size=100000"),
     (["data.path=/no/such/cifar"], "data.path=/no/such/cifar"),

@@ -39,6 +39,12 @@ def check_config(cfg: DictConfig) -> None:
             clipnorm > 0,
             f"optimizer.global_clipnorm={clipnorm} must be > 0, or null for no clipping",
         )
+    accumulation = cfg.optimizer.get("gradient_accumulation_steps", 1)
+    _require(
+        isinstance(accumulation, int) and not isinstance(accumulation, bool) and accumulation >= 1,
+        f"optimizer.gradient_accumulation_steps={accumulation} must be an integer >= 1 "
+        "(1: update every batch)",
+    )
     batch_size = _number(cfg, "trainer.batch_size")
     _require(
         batch_size > 0 and batch_size == int(batch_size),
