@@ -11,6 +11,18 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("alexnet", "vgg13", "resnet18", "effnetv2", "vit")
+# What every run logs per epoch, with step=epoch.
+CURVES = (
+    "loss",
+    "top1",
+    "top5",
+    "val_loss",
+    "val_top1",
+    "val_top5",
+    "lr",
+    "epoch_seconds",
+    "images_per_second",
+)
 
 
 @dataclass

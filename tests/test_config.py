@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import keras
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
@@ -64,45 +65,40 @@ def test_optimizer_and_schedule_instantiate(optimizer, schedule):
     assert all(0 < r <= cfg.optimizer.lr * (1 + 1e-6) for r in rates), rates
 
 
+def _weights_after(optimizer: str, gradients, *overrides: str) -> list[np.ndarray]:
+    """The weights (zeros at first) after each gradient, applied by the composed optimizer."""
+    cfg = _compose(f"optimizer={optimizer}", "optimizer.weight_decay=0", *overrides)
+    opt = instantiate(cfg.optimizer, lr=0.1)
+    weights = keras.Variable(keras.ops.zeros((len(gradients[0]),)))
+    seen = []
+    for gradient in gradients:
+        opt.apply([keras.ops.convert_to_tensor(gradient)], [weights])
+        seen.append(keras.ops.convert_to_numpy(weights).copy())
+    return seen
+
+
 @pytest.mark.parametrize("optimizer", _options("optimizer"))
 def test_every_optimizer_clips_when_asked(optimizer):
     """Clipped to norm 1, an absurd gradient takes the step its unit-norm direction takes."""
-
-    def first_step(gradient, *overrides):
-        cfg = _compose(f"optimizer={optimizer}", "optimizer.weight_decay=0", *overrides)
-        opt = instantiate(cfg.optimizer, lr=0.1)
-        weights = keras.Variable(keras.ops.zeros((4,)))
-        opt.apply([keras.ops.convert_to_tensor(gradient)], [weights])
-        return keras.ops.convert_to_numpy(weights)
-
     absurd, unit = [3e4, 4e4, 0.0, 0.0], [0.6, 0.8, 0.0, 0.0]
     assert _compose(f"optimizer={optimizer}").optimizer.global_clipnorm is None
-    clipped = first_step(absurd, "optimizer.global_clipnorm=1.0")
-    assert clipped == pytest.approx(first_step(unit), rel=1e-4, abs=1e-7)
+    (clipped,) = _weights_after(optimizer, [absurd], "optimizer.global_clipnorm=1.0")
+    (unit_step,) = _weights_after(optimizer, [unit])
+    assert clipped == pytest.approx(unit_step, rel=1e-4, abs=1e-7)
     if optimizer == "sgd":  # where the step scales with the gradient, unclipped is huge
-        assert abs(first_step(absurd)).max() > 1e4 * abs(clipped).max()
+        (unclipped,) = _weights_after(optimizer, [absurd])
+        assert abs(unclipped).max() > 1e4 * abs(clipped).max()
 
 
 @pytest.mark.parametrize("optimizer", _options("optimizer"))
 def test_every_optimizer_accumulates_when_asked(optimizer):
     """With 2 accumulation steps, two batches make the one update their mean gradient makes."""
-
-    def weights_after(gradients, *overrides):
-        cfg = _compose(f"optimizer={optimizer}", "optimizer.weight_decay=0", *overrides)
-        opt = instantiate(cfg.optimizer, lr=0.1)
-        weights = keras.Variable(keras.ops.zeros((2,)))
-        seen = []
-        for gradient in gradients:
-            opt.apply([keras.ops.convert_to_tensor(gradient)], [weights])
-            seen.append(keras.ops.convert_to_numpy(weights).copy())
-        return seen
-
     assert _compose(f"optimizer={optimizer}").optimizer.gradient_accumulation_steps == 1
-    first, second = weights_after(
-        [[1.0, -2.0], [3.0, 0.0]], "optimizer.gradient_accumulation_steps=2"
+    first, second = _weights_after(
+        optimizer, [[1.0, -2.0], [3.0, 0.0]], "optimizer.gradient_accumulation_steps=2"
     )
     assert first == pytest.approx([0.0, 0.0])  # no update after the first batch
-    (one_update,) = weights_after([[2.0, -1.0]])
+    (one_update,) = _weights_after(optimizer, [[2.0, -1.0]])
     assert second == pytest.approx(one_update, rel=1e-5)
     assert abs(one_update).max() > 0
 

@@ -21,24 +21,13 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import REPO, Store, output, train_cli
+from conftest import CURVES, REPO, Store, output, train_cli
 from hydra import compose, initialize_config_dir
 
 from callbacks.checkpoints import BestCheckpoint, EpochCheckpoint
 from tracking.params import config_identity, flatten_params, public_config, public_overrides
 
 EPOCHS = 3
-CURVES = (
-    "loss",
-    "top1",
-    "top5",
-    "val_loss",
-    "val_top1",
-    "val_top5",
-    "lr",
-    "epoch_seconds",
-    "images_per_second",
-)
 FINALS = ("test_top1", "test_top5", "best_val_top1", "epochs_run", "param_count")
 SMOKE = ("experiment=smoke", f"trainer.epochs={EPOCHS}")
 

@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 import pytest
-from conftest import MODELS, REPO, Store, output, train_cli
+from conftest import CURVES, MODELS, REPO, Store, output, train_cli
 
 
 def test_smoke_sweep_leaves_five_finished_runs(smoke_sweep):
@@ -26,17 +26,7 @@ def test_runs_hold_curves_params_tags_and_artifacts(smoke_sweep):
     client = store.client()
     for run in store.jobs():
         run_id = run.info.run_id
-        for key in (
-            "loss",
-            "top1",
-            "top5",
-            "val_loss",
-            "val_top1",
-            "val_top5",
-            "lr",
-            "epoch_seconds",
-            "images_per_second",
-        ):
+        for key in CURVES:
             history = client.get_metric_history(run_id, key)
             assert [m.step for m in history] == [0], (run.info.run_name, key)
         params = run.data.params
