@@ -1,0 +1,187 @@
+"""The Keras recipe against its PyTorch reference, piece by piece, and the parity harness.
+
+Unit-level comparisons on identical inputs (seconds each): the SGD update, the weight
+initialisation, the augmentation's distribution, the loss and the lr schedule. The slow
+test runs bench/parity/run.py end to end on a few hundred real-format images.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+import torch
+
+from bench.parity import torch_models
+from bench.parity.torch_recipe import Recipe, augment, lr_at
+from models.preprocessing import RandomShift
+from training.losses import classification_loss
+from training.optimizers import sgd
+from training.schedules import cosine
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sgd_steps(keras_optimizer, torch_weight_decay, lr, steps=60):
+    """Runs both optimizers on the same weights and gradients; returns (keras, torch) weights."""
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(40,)).astype("float32")
+    grads = rng.normal(size=(steps, 40)).astype("float32")
+    variable = keras.Variable(start.copy(), name="kernel")
+    for g in grads:
+        keras_optimizer.apply([keras.ops.convert_to_tensor(g)], [variable])
+    parameter = torch.nn.Parameter(torch.tensor(start.copy()))
+    reference = torch.optim.SGD(
+        [parameter], lr=lr, momentum=0.9, nesterov=True, weight_decay=torch_weight_decay
+    )
+    for g in grads:
+        parameter.grad = torch.tensor(g)
+        reference.step()
+    return keras.ops.convert_to_numpy(variable), parameter.detach().numpy(), start
+
+
+def test_sgd_nesterov_step_equals_pytorch_at_a_constant_lr():
+    ours, theirs, start = _sgd_steps(sgd(0.1, weight_decay=0.0), 0.0, 0.1)
+    assert np.abs(theirs - start).max() > 1  # the weights did move
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+def _position_images(n):
+    """Images whose pixels hold their own row and column (+1, so padding reads 0)."""
+    images = np.zeros((n, 32, 32, 3), "float32")
+    images[..., 0] = np.arange(32)[None, :, None] + 1
+    images[..., 1] = np.arange(32)[None, None, :] + 1
+    return images
+
+
+def _offset_histogram(shifted):
+    rows = shifted[:, 16, 16, 0] - 17 + 4
+    cols = shifted[:, 16, 16, 1] - 17 + 4
+    return np.bincount((rows * 9 + cols).astype(int), minlength=81)
+
+
+def test_crop_offsets_are_drawn_per_image_as_in_pytorch():
+    n = 8192
+    images = _position_images(n)
+    ours = _offset_histogram(np.asarray(RandomShift(4, seed=1)(images, training=True)))
+    generator = torch.Generator().manual_seed(1)
+    theirs = _offset_histogram(augment(torch.tensor(images), 4, False, generator).numpy())
+    for histogram in (ours, theirs):
+        assert len(histogram) == 81  # offsets 0..8 on both axes, nothing else
+        # Uniform over the 81 offsets: each expected ~101 times, sd ~10.
+        assert histogram.min() > 60 and histogram.max() < 145
+
+
+def test_flip_is_per_image_and_fair_as_in_pytorch():
+    images = _position_images(2048)
+    ours = np.asarray(keras.layers.RandomFlip("horizontal", seed=2)(images, training=True))
+    generator = torch.Generator().manual_seed(2)
+    theirs = augment(torch.tensor(images), 0, True, generator).numpy()
+    for flipped in (ours[:, 0, 0, 1] == 32, theirs[:, 0, 0, 1] == 32):
+        assert flipped.mean() == pytest.approx(0.5, abs=0.05)
+
+
+def test_label_smoothed_loss_equals_pytorch():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(16, 100)).astype("float32") * 3
+    labels = rng.integers(0, 100, 16)
+    ours = float(classification_loss(0.1)(labels, logits))
+    theirs = float(
+        torch.nn.functional.cross_entropy(
+            torch.tensor(logits), torch.tensor(labels), label_smoothing=0.1
+        )
+    )
+    assert ours == pytest.approx(theirs, rel=1e-5)
+
+
+def test_reference_schedule_equals_the_repo_schedule_per_step():
+    steps_per_epoch, epochs = 20, 8
+    schedule = cosine(lr=0.1, steps_per_epoch=steps_per_epoch, epochs=epochs).learning_rate
+    recipe = Recipe(
+        model="resnet18",
+        model_kwargs={"width": 8},
+        epochs=epochs,
+        batch_size=128,
+        lr=0.1,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-4,
+        warmup_epochs=5,
+        warmup_start=0.01,
+        final_scale=0.0,
+        label_smoothing=0.1,
+        crop_padding=4,
+        flip=True,
+    )
+    for step in range(steps_per_epoch * epochs):
+        assert lr_at(step, recipe, steps_per_epoch) == pytest.approx(
+            float(schedule(step)), rel=1e-4, abs=1e-7
+        )
+
+
+@pytest.mark.parametrize("name", ["vgg13", "alexnet"])
+def test_torch_versions_of_the_presets_have_the_keras_parameter_count(name):
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", [f"experiment={name}_cifar", "model.size=tiny"])
+    keras_model = instantiate(cfg.model.net, num_classes=100, image_size=32, augment=None)
+    size = cfg.model.sizes.tiny
+    torch_model = torch_models.build(
+        name,
+        num_classes=100,
+        width=size.width,
+        classifier_width=size.classifier_width,
+        dropout=cfg.model.dropout,
+        batch_norm=cfg.model.batch_norm,
+    )
+    # BatchNorm's moving statistics are buffers in PyTorch, weights in Keras.
+    moving = sum(
+        int(np.prod(w.shape)) for w in keras_model.non_trainable_weights if "moving" in w.path
+    )
+    trainable = sum(p.numel() for p in torch_model.parameters())
+    assert keras_model.count_params() - moving == trainable
+
+
+@pytest.mark.slow
+def test_parity_harness_runs_both_frameworks_end_to_end(tmp_path, data_cache):
+    """One epoch of tiny ResNet-18 in each framework on a few hundred real-format images."""
+    from data.synthetic import write_synthetic_cifar
+
+    source = write_synthetic_cifar(tmp_path / "cifar", train_per_class=4, test_per_class=2, seed=0)
+    out = tmp_path / "parity"
+    command = [
+        sys.executable,
+        "-m",
+        "bench.parity.run",
+        f"--out={out}",
+        "--train-images=300",
+        "--threads=1",
+        "--",
+        "experiment=resnet18_cifar",
+        "model.size=tiny",
+        "trainer.epochs=1",
+        "trainer.batch_size=32",
+        "trainer.precision=float32",
+        "trainer.verbose=0",
+        f"data.path={source}",
+        f"data.cache_dir={data_cache}",
+        "data.val_size=100",
+    ]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"] == [0] and summary["epochs"] == 1
+    (row,) = summary["curves"]
+    for key in ("keras_val_top1", "torch_val_top1", "torch_test_top1"):
+        assert 0 <= row[key] <= 1
+    assert 0 <= summary["keras_test_top1"]["0"] <= 1
+    torch_run = json.loads((out / "torch-seed0.json").read_text())
+    assert torch_run["recipe"]["weight_decay"] == 5e-4 and torch_run["recipe"]["lr"] == 0.1
+    assert (out / "curves.csv").read_text().startswith("epoch,keras_val_top1")
+    assert (out / "curves.png").stat().st_size > 0
+    assert "final test gap" in result.stdout
