@@ -5,8 +5,8 @@ width 64); no local response normalization, which later work found unnecessary.
 
 `stem="imagenet"` is the original: an 11x11 stride-4 conv, three overlapping 3x3/2
 max-pools and a 6x6x256 flatten at input_size 224 into two 4096-unit dropout FCs.
-`stem="cifar"` is the usual 32 px variant: a 3x3 stride-1 first conv and "same" 3x3/2
-pools (32 -> 16 -> 8 -> 4), so the classifier sees 4x4 features.
+`stem="cifar"` is the usual 32 px variant: a 3x3 stride-1 first conv and 3x3/2 pools
+padded by 1 (32 -> 16 -> 8 -> 4), so the classifier sees 4x4 features.
 """
 
 from collections.abc import Mapping
@@ -49,6 +49,14 @@ def _conv_block(x, filters, kernel_size, strides, padding, batch_norm, name):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
+def _pool(x, padding, name):
+    """3x3/2 max-pool. Padding pads both sides, as PyTorch does: "same" would pad an even
+    input at the bottom/right only. Zeros after a ReLU pool like PyTorch's -inf padding."""
+    if padding:
+        x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
+    return layers.MaxPooling2D(3, strides=2, name=name)(x)
+
+
 def build_alexnet(
     *,
     num_classes: int,
@@ -85,17 +93,17 @@ def build_alexnet(
         # Padding 2 then a valid 11x11/4 conv: 224 -> 55, as in the original.
         x = layers.ZeroPadding2D(2, name="conv1_pad")(x)
         x = _conv_block(x, c1, 11, 4, "valid", batch_norm, "conv1")
-        pool_padding = "valid"  # 55 -> 27 -> 13 -> 6
+        pool_padding = 0  # 55 -> 27 -> 13 -> 6
     else:
         x = _conv_block(x, c1, 3, 1, "same", batch_norm, "conv1")
-        pool_padding = "same"  # 32 -> 16 -> 8 -> 4
-    x = layers.MaxPooling2D(3, strides=2, padding=pool_padding, name="pool1")(x)
+        pool_padding = 1  # 32 -> 16 -> 8 -> 4
+    x = _pool(x, pool_padding, "pool1")
     x = _conv_block(x, c2, 5, 1, "same", batch_norm, "conv2")
-    x = layers.MaxPooling2D(3, strides=2, padding=pool_padding, name="pool2")(x)
+    x = _pool(x, pool_padding, "pool2")
     x = _conv_block(x, c3, 3, 1, "same", batch_norm, "conv3")
     x = _conv_block(x, c4, 3, 1, "same", batch_norm, "conv4")
     x = _conv_block(x, c5, 3, 1, "same", batch_norm, "conv5")
-    x = layers.MaxPooling2D(3, strides=2, padding=pool_padding, name="pool5")(x)
+    x = _pool(x, pool_padding, "pool5")
 
     x = layers.Flatten(name="flatten")(x)
     for i in (1, 2):

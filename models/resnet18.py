@@ -21,16 +21,22 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 
-def _conv(filters, kernel_size, strides, name):
+def _conv(x, filters, kernel_size, strides, name):
+    padding = "same"
+    if strides > 1 and kernel_size > 1:
+        # Pad both sides, as PyTorch and the paper do: "same" pads a strided conv on an even
+        # input at the bottom/right only, which shifts it a pixel off its 1x1 shortcut.
+        x = layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
+        padding = "valid"
     return layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,
-        padding="same",
+        padding=padding,
         use_bias=False,  # the BatchNorm that follows has the bias
         kernel_initializer="he_normal",
         name=name,
-    )
+    )(x)
 
 
 def _bn(name):
@@ -39,14 +45,14 @@ def _bn(name):
 
 def _basic_block(x, filters, strides, name):
     shortcut = x
-    x = _conv(filters, 3, strides, f"{name}_conv1")(x)
+    x = _conv(x, filters, 3, strides, f"{name}_conv1")
     x = _bn(f"{name}_bn1")(x)
     x = layers.ReLU(name=f"{name}_relu1")(x)
-    x = _conv(filters, 3, 1, f"{name}_conv2")(x)
+    x = _conv(x, filters, 3, 1, f"{name}_conv2")
     x = _bn(f"{name}_bn2")(x)
     if strides != 1 or shortcut.shape[-1] != filters:
         # Projection shortcut (option B): the identity cannot change shape.
-        shortcut = _conv(filters, 1, strides, f"{name}_proj_conv")(shortcut)
+        shortcut = _conv(shortcut, filters, 1, strides, f"{name}_proj_conv")
         shortcut = _bn(f"{name}_proj_bn")(shortcut)
     x = layers.Add(name=f"{name}_add")([x, shortcut])
     return layers.ReLU(name=f"{name}_out")(x)
@@ -75,14 +81,16 @@ def build_resnet18(
     x = preprocess(inputs, input_size=input_size, augment=augment)
 
     if stem == "cifar":
-        x = _conv(width, 3, 1, "stem_conv")(x)
+        x = _conv(x, width, 3, 1, "stem_conv")
         x = _bn("stem_bn")(x)
         x = layers.ReLU(name="stem_relu")(x)
     else:
-        x = _conv(width, 7, 2, "stem_conv")(x)
+        x = _conv(x, width, 7, 2, "stem_conv")
         x = _bn("stem_bn")(x)
         x = layers.ReLU(name="stem_relu")(x)
-        x = layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+        # Zeros after a ReLU pool like PyTorch's -inf padding.
+        x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+        x = layers.MaxPooling2D(3, strides=2, name="stem_pool")(x)
 
     for stage, blocks in enumerate(BLOCKS_PER_STAGE):
         filters = width * 2**stage

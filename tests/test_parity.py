@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from bench.parity import torch_models
-from bench.parity.torch_recipe import Recipe, augment, lr_at
+from bench.parity.torch_recipe import Recipe, augment, lr_at, to_input
 from models.preprocessing import RandomShift
 from training.losses import classification_loss
 from training.optimizers import sgd
@@ -185,3 +185,77 @@ def test_parity_harness_runs_both_frameworks_end_to_end(tmp_path, data_cache):
     assert (out / "curves.csv").read_text().startswith("epoch,keras_val_top1")
     assert (out / "curves.png").stat().st_size > 0
     assert "final test gap" in result.stdout
+
+
+def _copy_keras_weights(keras_model, torch_model, flatten_side=1):
+    """Keras weights into the PyTorch network, layer by layer in order; BN stats made random.
+
+    `flatten_side` is the feature map's side at the flatten: Keras flattens (h, w, c),
+    PyTorch (c, h, w), so the first dense kernel's rows are reordered.
+    """
+    rng = np.random.default_rng(0)
+    pairs = []
+    for ours, theirs in (
+        (keras.layers.Conv2D, torch.nn.Conv2d),
+        (keras.layers.BatchNormalization, torch.nn.BatchNorm2d),
+        (keras.layers.Dense, torch.nn.Linear),
+    ):
+        keras_layers = [layer for layer in keras_model.layers if isinstance(layer, ours)]
+        modules = [m for m in torch_model.modules() if isinstance(m, theirs)]
+        pairs += zip(keras_layers, modules, strict=True)
+    first_dense = True
+    with torch.no_grad():
+        for layer, module in pairs:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                shape = layer.get_weights()[0].shape
+                values = [
+                    rng.uniform(0.5, 1.5, shape),
+                    rng.normal(0, 0.1, shape),
+                    rng.normal(0, 0.1, shape),
+                    rng.uniform(0.5, 1.5, shape),
+                ]
+                layer.set_weights(values)
+                names = ("weight", "bias", "running_mean", "running_var")
+                for name, value in zip(names, values, strict=True):
+                    getattr(module, name).copy_(torch.tensor(value))
+                continue
+            kernel, *bias = layer.get_weights()
+            if isinstance(layer, keras.layers.Conv2D):
+                weight = kernel.transpose(3, 2, 0, 1)
+            else:
+                weight = kernel.T
+                if first_dense:
+                    side, out = flatten_side, weight.shape[0]
+                    weight = weight.reshape(out, side, side, -1).transpose(0, 3, 1, 2)
+                    weight = weight.reshape(out, -1)
+                    first_dense = False
+            module.weight.copy_(torch.tensor(np.ascontiguousarray(weight)))
+            if bias:
+                module.bias.copy_(torch.tensor(bias[0]))
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg13", "alexnet"])
+def test_keras_network_computes_what_the_pytorch_one_does_on_the_same_weights(name):
+    """Same weights in, same logits out: the same layers, strides, padding and flatten."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", [f"model={name}", "model.size=tiny"])
+    keras_model = instantiate(cfg.model.net, num_classes=100, image_size=32, augment=None)
+    size = cfg.model.sizes.tiny
+    kwargs = {"width": size.width}
+    if name != "resnet18":
+        kwargs |= {
+            "classifier_width": size.classifier_width,
+            "dropout": cfg.model.dropout,
+            "batch_norm": cfg.model.batch_norm,
+        }
+    torch_model = torch_models.build(name, num_classes=100, **kwargs).eval()
+    _copy_keras_weights(keras_model, torch_model, flatten_side=4 if name == "alexnet" else 1)
+    images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    ours = keras.ops.convert_to_numpy(keras_model(images, training=False))
+    with torch.no_grad():
+        theirs = torch_model(to_input(torch.tensor(images))).numpy()
+    assert np.abs(theirs).max() > 1e-3
+    np.testing.assert_allclose(ours, theirs, rtol=1e-3, atol=1e-4)
