@@ -17,9 +17,10 @@ import torch
 
 from bench.parity import torch_models
 from bench.parity.torch_recipe import Recipe, augment, lr_at, to_input
+from errors import UserError
 from models.preprocessing import RandomShift
 from training.losses import classification_loss
-from training.optimizers import sgd
+from training.optimizers import adamw, sgd
 from training.schedules import cosine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,6 +48,31 @@ def test_sgd_nesterov_step_equals_pytorch_at_a_constant_lr():
     ours, theirs, start = _sgd_steps(sgd(0.1, weight_decay=0.0), 0.0, 0.1)
     assert np.abs(theirs - start).max() > 1  # the weights did move
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+def test_coupled_weight_decay_equals_pytorch_and_decoupled_does_not():
+    coupled = sgd(0.1, weight_decay=5e-4, weight_decay_form="coupled")
+    ours, theirs, _ = _sgd_steps(coupled, 5e-4, 0.1)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    # Keras' decoupled form at 10x the value decays about as much, but not step for step.
+    decoupled, theirs, _ = _sgd_steps(sgd(0.1, weight_decay=5e-3), 5e-4, 0.1)
+    assert np.abs(decoupled - theirs).max() > 1e-3
+    assert np.linalg.norm(decoupled) == pytest.approx(np.linalg.norm(theirs), rel=0.02)
+
+
+def test_coupled_decay_skips_biases_and_rejects_unknown_forms():
+    optimizer = sgd(0.1, momentum=0.0, weight_decay=0.5, weight_decay_form="coupled")
+    kernel, bias = (
+        keras.Variable(np.ones(3, "float32"), name="kernel"),
+        keras.Variable(np.ones(3, "float32"), name="bias"),
+    )
+    zero = keras.ops.zeros(3)
+    optimizer.apply([zero, zero], [kernel, bias])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(kernel), 0.95)  # 1 - 0.1 * 0.5
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(bias), 1.0)
+    with pytest.raises(UserError, match="optimizer.weight_decay_form='l2'"):
+        sgd(0.1, weight_decay_form="l2")
+    assert isinstance(adamw(1e-3, weight_decay_form="coupled"), keras.optimizers.Adam)
 
 
 def _position_images(n):
