@@ -15,6 +15,7 @@ import keras
 from keras import layers
 
 from errors import UserError
+from models import initializers
 from models.preprocessing import image_input, preprocess
 
 STEMS = ("cifar", "imagenet")
@@ -32,15 +33,15 @@ def _classifier_init():
     return keras.initializers.RandomNormal(stddev=0.01)
 
 
-def _conv_block(x, filters, kernel_size, strides, padding, batch_norm, name):
+def _conv_block(x, filters, kernel_size, strides, padding, batch_norm, name, init):
     x = layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,
         padding=padding,
         use_bias=not batch_norm,
-        kernel_initializer="he_normal",
         name=f"{name}_conv",
+        **initializers.weights(init, kernel_size * kernel_size * x.shape[-1]),
     )(x)
     if batch_norm:
         x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=f"{name}_bn")(
@@ -68,6 +69,7 @@ def build_alexnet(
     classifier_width: int = 4096,
     dropout: float = 0.5,
     batch_norm: bool = False,
+    init: str = "he_normal",
 ) -> keras.Model:
     """AlexNet returning float32 logits for uint8 images of `image_size` px.
 
@@ -85,6 +87,8 @@ def build_alexnet(
             f"use at least {MIN_IMAGENET_INPUT} (224 is the original)"
         )
 
+    initializers.check(init, "alexnet")
+
     inputs = image_input(image_size)
     x = preprocess(inputs, input_size=input_size, augment=augment)
     c1, c2, c3, c4, c5 = (width * m for m in CONV_MULTIPLIERS)
@@ -92,17 +96,17 @@ def build_alexnet(
     if stem == "imagenet":
         # Padding 2 then a valid 11x11/4 conv: 224 -> 55, as in the original.
         x = layers.ZeroPadding2D(2, name="conv1_pad")(x)
-        x = _conv_block(x, c1, 11, 4, "valid", batch_norm, "conv1")
+        x = _conv_block(x, c1, 11, 4, "valid", batch_norm, "conv1", init)
         pool_padding = 0  # 55 -> 27 -> 13 -> 6
     else:
-        x = _conv_block(x, c1, 3, 1, "same", batch_norm, "conv1")
+        x = _conv_block(x, c1, 3, 1, "same", batch_norm, "conv1", init)
         pool_padding = 1  # 32 -> 16 -> 8 -> 4
     x = _pool(x, pool_padding, "pool1")
-    x = _conv_block(x, c2, 5, 1, "same", batch_norm, "conv2")
+    x = _conv_block(x, c2, 5, 1, "same", batch_norm, "conv2", init)
     x = _pool(x, pool_padding, "pool2")
-    x = _conv_block(x, c3, 3, 1, "same", batch_norm, "conv3")
-    x = _conv_block(x, c4, 3, 1, "same", batch_norm, "conv4")
-    x = _conv_block(x, c5, 3, 1, "same", batch_norm, "conv5")
+    x = _conv_block(x, c3, 3, 1, "same", batch_norm, "conv3", init)
+    x = _conv_block(x, c4, 3, 1, "same", batch_norm, "conv4", init)
+    x = _conv_block(x, c5, 3, 1, "same", batch_norm, "conv5", init)
     x = _pool(x, pool_padding, "pool5")
 
     x = layers.Flatten(name="flatten")(x)
@@ -111,13 +115,13 @@ def build_alexnet(
         x = layers.Dense(
             classifier_width,
             activation="relu",
-            kernel_initializer=_classifier_init(),
             name=f"fc{i}",
+            **initializers.weights(init, x.shape[-1], _classifier_init()),
         )(x)
     outputs = layers.Dense(
         num_classes,
-        kernel_initializer=_classifier_init(),
         dtype="float32",
+        **initializers.weights(init, x.shape[-1], _classifier_init()),
         name="logits",
     )(x)
     return keras.Model(inputs, outputs, name="alexnet")

@@ -11,6 +11,7 @@ import keras
 from keras import layers
 
 from errors import UserError
+from models import initializers
 from models.preprocessing import image_input, preprocess
 
 STEMS = ("cifar", "imagenet")
@@ -21,7 +22,7 @@ BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
 
-def _conv(x, filters, kernel_size, strides, name):
+def _conv(x, filters, kernel_size, strides, name, init):
     padding = "same"
     if strides > 1 and kernel_size > 1:
         # Pad both sides, as PyTorch and the paper do: "same" pads a strided conv on an even
@@ -34,8 +35,8 @@ def _conv(x, filters, kernel_size, strides, name):
         strides=strides,
         padding=padding,
         use_bias=False,  # the BatchNorm that follows has the bias
-        kernel_initializer="he_normal",
         name=name,
+        **initializers.weights(init, kernel_size * kernel_size * x.shape[-1]),
     )(x)
 
 
@@ -43,16 +44,16 @@ def _bn(name):
     return layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
 
 
-def _basic_block(x, filters, strides, name):
+def _basic_block(x, filters, strides, name, init):
     shortcut = x
-    x = _conv(x, filters, 3, strides, f"{name}_conv1")
+    x = _conv(x, filters, 3, strides, f"{name}_conv1", init)
     x = _bn(f"{name}_bn1")(x)
     x = layers.ReLU(name=f"{name}_relu1")(x)
-    x = _conv(x, filters, 3, 1, f"{name}_conv2")
+    x = _conv(x, filters, 3, 1, f"{name}_conv2", init)
     x = _bn(f"{name}_bn2")(x)
     if strides != 1 or shortcut.shape[-1] != filters:
         # Projection shortcut (option B): the identity cannot change shape.
-        shortcut = _conv(shortcut, filters, 1, strides, f"{name}_proj_conv")
+        shortcut = _conv(shortcut, filters, 1, strides, f"{name}_proj_conv", init)
         shortcut = _bn(f"{name}_proj_bn")(shortcut)
     x = layers.Add(name=f"{name}_add")([x, shortcut])
     return layers.ReLU(name=f"{name}_out")(x)
@@ -66,26 +67,28 @@ def build_resnet18(
     stem: str = "cifar",
     input_size: int = 32,
     width: int = 64,
+    init: str = "he_normal",
 ) -> keras.Model:
     """ResNet-18 returning float32 logits for uint8 images of `image_size` px.
 
     `width` is the first stage's channel count (64 in the paper); the stages use
-    width, 2*width, 4*width and 8*width.
+    width, 2*width, 4*width and 8*width. `init` is a models.initializers name.
     """
     if stem not in STEMS:
         raise UserError(
             f"model.stem={stem!r} is not valid for resnet18; use one of: cifar, imagenet"
         )
+    initializers.check(init, "resnet18")
 
     inputs = image_input(image_size)
     x = preprocess(inputs, input_size=input_size, augment=augment)
 
     if stem == "cifar":
-        x = _conv(x, width, 3, 1, "stem_conv")
+        x = _conv(x, width, 3, 1, "stem_conv", init)
         x = _bn("stem_bn")(x)
         x = layers.ReLU(name="stem_relu")(x)
     else:
-        x = _conv(x, width, 7, 2, "stem_conv")
+        x = _conv(x, width, 7, 2, "stem_conv", init)
         x = _bn("stem_bn")(x)
         x = layers.ReLU(name="stem_relu")(x)
         # Zeros after a ReLU pool like PyTorch's -inf padding.
@@ -96,8 +99,12 @@ def build_resnet18(
         filters = width * 2**stage
         for block in range(blocks):
             strides = 2 if stage > 0 and block == 0 else 1
-            x = _basic_block(x, filters, strides, name=f"stage{stage + 1}_block{block + 1}")
+            x = _basic_block(
+                x, filters, strides, name=f"stage{stage + 1}_block{block + 1}", init=init
+            )
 
     x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    outputs = layers.Dense(num_classes, dtype="float32", name="logits")(x)
+    # he_normal keeps Keras' Dense default, glorot_uniform.
+    dense_init = initializers.weights(init, x.shape[-1], keras_kernel="glorot_uniform")
+    outputs = layers.Dense(num_classes, dtype="float32", name="logits", **dense_init)(x)
     return keras.Model(inputs, outputs, name="resnet18")

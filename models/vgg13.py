@@ -14,6 +14,7 @@ import keras
 from keras import layers
 
 from errors import UserError
+from models import initializers
 from models.preprocessing import image_input, preprocess
 
 STEMS = ("cifar", "imagenet")
@@ -42,6 +43,7 @@ def build_vgg13(
     classifier_width: int = 4096,
     dropout: float = 0.5,
     batch_norm: bool = True,
+    init: str = "he_normal",
 ) -> keras.Model:
     """VGG-13 returning float32 logits for uint8 images of `image_size` px.
 
@@ -52,6 +54,8 @@ def build_vgg13(
         raise UserError(f"model.stem={stem!r} is not valid for vgg13; use one of: cifar, imagenet")
     if input_size < MIN_INPUT:
         raise UserError(f"model.input_size={input_size} is too small for vgg13; use at least 32")
+
+    initializers.check(init, "vgg13")
 
     inputs = image_input(image_size)
     x = preprocess(inputs, input_size=input_size, augment=augment)
@@ -64,8 +68,8 @@ def build_vgg13(
                 3,
                 padding="same",
                 use_bias=not batch_norm,  # BatchNorm's beta is the bias
-                kernel_initializer="he_normal",
                 name=name,
+                **initializers.weights(init, 9 * x.shape[-1]),
             )(x)
             if batch_norm:
                 x = layers.BatchNormalization(
@@ -79,14 +83,14 @@ def build_vgg13(
         x = layers.Dense(
             classifier_width,
             activation="relu",
-            kernel_initializer=_classifier_init(),
             name=f"fc{i}",
+            **initializers.weights(init, x.shape[-1], _classifier_init()),
         )(x)
         x = layers.Dropout(dropout, name=f"fc{i}_dropout")(x)
     outputs = layers.Dense(
         num_classes,
-        kernel_initializer=_classifier_init(),
         dtype="float32",
+        **initializers.weights(init, x.shape[-1], _classifier_init()),
         name="logits",
     )(x)
     return keras.Model(inputs, outputs, name="vgg13")

@@ -6,6 +6,7 @@ test runs bench/parity/run.py end to end on a few hundred real-format images.
 """
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from bench.parity import torch_models
 from bench.parity.torch_recipe import Recipe, augment, lr_at, to_input
 from errors import UserError
 from models.preprocessing import RandomShift
+from models.resnet18 import build_resnet18
 from training.losses import classification_loss
 from training.optimizers import adamw, sgd
 from training.schedules import cosine
@@ -73,6 +75,23 @@ def test_coupled_decay_skips_biases_and_rejects_unknown_forms():
     with pytest.raises(UserError, match="optimizer.weight_decay_form='l2'"):
         sgd(0.1, weight_decay_form="l2")
     assert isinstance(adamw(1e-3, weight_decay_form="coupled"), keras.optimizers.Adam)
+
+
+def test_torch_init_matches_pytorch_defaults_and_he_normal_is_larger():
+    def conv_std(init):
+        model = build_resnet18(num_classes=100, image_size=32, augment=None, width=8, init=init)
+        return float(np.std(model.get_layer("stage4_block2_conv2").get_weights()[0]))
+
+    keras.utils.set_random_seed(0)
+    torch.manual_seed(0)
+    fan_in = 3 * 3 * 64  # 36,864 weights: their std is within 1 % of the init's
+    reference = torch_models.ResNet18(100, width=8).blocks[7].conv2.weight.detach()
+    assert float(reference.std()) == pytest.approx(1 / math.sqrt(3 * fan_in), rel=0.05)
+    assert conv_std("torch") == pytest.approx(float(reference.std()), rel=0.05)
+    # Keras' he_normal starts sqrt(6) times larger: BatchNorm makes that a 6x smaller step.
+    assert conv_std("he_normal") / conv_std("torch") == pytest.approx(math.sqrt(6), rel=0.05)
+    with pytest.raises(UserError, match="model.init='xavier'"):
+        build_resnet18(num_classes=100, image_size=32, augment=None, width=8, init="xavier")
 
 
 def _position_images(n):
