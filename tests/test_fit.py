@@ -69,6 +69,14 @@ def test_an_interrupted_fit_resumes_where_its_checkpoint_stopped(case, tmp_path,
     steps = int(keras.ops.convert_to_numpy(model.optimizer.iterations))
     assert steps == last_stage_epochs * steps_per_epoch
 
+    # Killed after the last epoch's checkpoint but before the job ended: nothing left to train,
+    # and the result is the finished one's.
+    cfg, data, model = _setup(case, data_cache)
+    again = fit(model, data, cfg, tmp_path, resume=True)
+    assert (again.epochs_run, again.best_epoch) == (3, result.best_epoch)
+    assert again.best_val_top1 == result.best_val_top1
+    assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == steps
+
 
 @pytest.mark.slow
 def test_fit_runs_without_mlflow(tmp_path, data_cache):
