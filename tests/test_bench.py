@@ -285,8 +285,11 @@ def test_from_scratch_presets_are_the_sgd_cifar_recipe(preset):
     assert cfg.model.input_size == 32
     assert cfg.optimizer._target_.endswith(".sgd")
     assert cfg.optimizer.momentum == 0.9 and cfg.optimizer.nesterov
-    # PyTorch's coupled 5e-4 under momentum 0.9, in Keras' decoupled form.
-    assert cfg.optimizer.weight_decay == pytest.approx(5e-3)
+    # The recipes' weight decay as printed, in PyTorch's coupled form.
+    assert cfg.optimizer.weight_decay == pytest.approx(5e-4)
+    assert cfg.optimizer.weight_decay_form == "coupled"
+    # The PyTorch recipes' default init; AlexNet keeps he_normal convs (not measured).
+    assert cfg.model.init == ("he_normal" if preset == "alexnet_cifar" else "torch")
     assert cfg.schedule.warmup_epochs == 5 and cfg.schedule.final_scale == 0
     assert cfg.trainer.label_smoothing == 0.1
     assert cfg.trainer.batch_size == 128 and cfg.trainer.epochs == 200
