@@ -4,8 +4,11 @@ nvidia-smi is a real executable script on PATH that prints what the real one pri
 8-GPU H100 machine; the backend (on this CPU machine) sees no GPU, which is the trap.
 """
 
+import json
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import keras
@@ -196,3 +199,42 @@ def test_train_warns_before_training_and_tags_where_it_ran(fake_smi_dir, tmp_pat
     for library in ("keras", "keras-hub", "tensorflow", "mlflow"):
         assert tags[f"version.{library}"], library
     assert tags["version.keras_backend"] == "tensorflow"
+
+
+# -- bench/gpu_check.py --quick ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gpu_check_quick_runs_every_step_and_writes_results_as_it_goes(tmp_path, data_cache):
+    from data.synthetic import write_synthetic_cifar
+
+    dataset = write_synthetic_cifar(tmp_path / "cifar", train_per_class=3, test_per_class=1, seed=0)
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "CIFAR100_CACHE_DIR": str(data_cache), "KERAS_BACKEND": "jax"}
+    env.pop("PYTEST_CURRENT_TEST", None)  # MLflow changes behaviour under pytest
+    command = [sys.executable, "bench/gpu_check.py", str(dataset), "--quick"]
+    command += ["--backends", "jax", "--out", str(out), "--work", str(work)]
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, output(result)[-4000:]
+    assert sorted(p.name for p in out.iterdir()) == ["results.jsonl", "summary.md"]
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    checks = [r.get("check") for r in records]
+    assert "failed" not in checks and "stopped" not in checks, records
+    (environment,) = [r for r in records if r.get("check") == "environment"]
+    assert environment["kind"] == "cpu" and environment["precision"] == "float32"
+    (bench,) = [r for r in records if r.get("label") == "throughput jax"]
+    assert bench["model"] == "resnet18" and bench["backend"] == "jax"
+    assert bench["images_per_second"] > 0 and bench["device_kind"] == "cpu"
+    torch_models = [r["model"] for r in records if r.get("check") == "torch_reference"]
+    assert torch_models == ["resnet18", "vit"]
+    (train,) = [r for r in records if r.get("check") == "train"]
+    assert train["status"] == "FINISHED" and train["epochs"] == 1
+    assert 0 <= train["test_top1"] <= 1 and train["precision"] == "float32"
+    # Results were written in the order they came: environment, speed, reference, training.
+    assert checks.index("environment") < checks.index("torch_reference") < checks.index("train")
+
+    summary = (out / "summary.md").read_text()
+    assert "| jax | resnet18 | float32 | 32 |" in summary
+    assert "## PyTorch eager reference" in summary and "| vit | cpu | float32 | 32 |" in summary
+    assert "| jax | cpu ×" in summary and "| FINISHED |" in summary
+    assert "[gpu_check]" in result.stdout  # progress goes straight to the terminal
