@@ -9,8 +9,8 @@ python=${2:-3.12}
 here=$(dirname "$0")
 mkdir -p "$dir"
 platforms=""
-for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64 \
-    manylinux2014_x86_64 manylinux1_x86_64; do
+for p in manylinux_2_34_x86_64 manylinux_2_31_x86_64 manylinux_2_28_x86_64 manylinux_2_27_x86_64 \
+    manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do
     platforms="$platforms --platform $p"
 done
 # shellcheck disable=SC2086  # the platforms are separate words
