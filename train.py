@@ -22,6 +22,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from data.cifar100 import load_cifar100  # noqa: E402
 from tracking.job import TrackedJob  # noqa: E402
+from tracking.mlflow_metrics import MlflowMetrics  # noqa: E402
 from tracking.results import log_results, run_tags  # noqa: E402
 from training import device as devices  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
@@ -52,7 +53,15 @@ def main(cfg: DictConfig) -> float:
             model = build_model(cfg, data)
             tags = {**device.tags(), **devices.software_versions()}
             job.start(run_tags(cfg, data, tags), model)
-            result = fit(model, data, cfg, job)
+            result = fit(
+                model,
+                data,
+                cfg,
+                job.checkpoint_dir,
+                resume=job.resuming,
+                on_resume=job.continue_from,
+                callbacks=[MlflowMetrics()],
+            )
 
         evaluation = evaluate(result.best_checkpoint, data, cfg.trainer.batch_size)
         log_results(result, evaluation, data)
