@@ -214,6 +214,7 @@ def test_gpu_check_quick_runs_every_step_and_writes_results_as_it_goes(tmp_path,
     env.pop("PYTEST_CURRENT_TEST", None)  # MLflow changes behaviour under pytest
     command = [sys.executable, "bench/gpu_check.py", str(dataset), "--quick"]
     command += ["--backends", "jax", "--out", str(out), "--work", str(work)]
+    command += ["--minutes", "30"]  # a budget no loaded CI machine runs out of
     result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, output(result)[-4000:]
     assert sorted(p.name for p in out.iterdir()) == ["results.jsonl", "summary.md"]
