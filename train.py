@@ -6,26 +6,35 @@
 
 Compose (Hydra) → data → model → fit → evaluate → log. A run whose config already
 FINISHED is skipped, an interrupted one resumes; `resume=false` starts afresh.
+
+Keras, TensorFlow and MLflow load only once a job runs, so `--help`, `--cfg job` and config
+errors answer at once.
 """
 
-import os
+import hydra
+from omegaconf import DictConfig
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before Keras imports TensorFlow
+import training.session  # noqa: F401 (registers the launcher's GPU resolvers)
+from cli.overrides import check_override_keys
+from cli.quiet import set_switches
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from data.cifar100 import load_cifar100  # noqa: E402
-from tracking.job import TrackedJob  # noqa: E402
-from tracking.results import log_results, run_tags  # noqa: E402
-from training.evaluate import evaluate  # noqa: E402
-from training.fit import build_model, fit  # noqa: E402
-from training.session import distribution_scope, start_session  # noqa: E402
-from training.validation import check_config  # noqa: E402
+set_switches()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    from cli.quiet import start_backend
+
+    start_backend()
+
+    from data.cifar100 import load_cifar100
+    from tracking.job import TrackedJob
+    from tracking.results import log_results, run_tags
+    from training.evaluate import evaluate
+    from training.fit import build_model, fit
+    from training.session import distribution_scope, start_session
+    from training.validation import check_config
+
     with TrackedJob(cfg) as job:
         check_config(cfg)
         job.open()
@@ -37,7 +46,7 @@ def main(cfg: DictConfig) -> float:
         with distribution_scope(cfg.trainer.distribution):
             model = build_model(cfg, data)
             job.start(run_tags(cfg, data), model)
-            result = fit(model, data, cfg, job)
+            result = fit(model, data, cfg, job, callbacks=progress(cfg))
 
         evaluation = evaluate(result.best_checkpoint, data, cfg.trainer.batch_size)
         log_results(result, evaluation, data)
@@ -45,5 +54,31 @@ def main(cfg: DictConfig) -> float:
     return job.objective
 
 
+def progress(cfg: DictConfig) -> list:
+    """The per-epoch lines, labelled `[k/N] architecture` in a sweep."""
+    if not cfg.trainer.progress:
+        return []
+    from hydra.core.hydra_config import HydraConfig
+
+    from callbacks.progress import EpochProgress
+    from tracking.sweep import current_sweep
+
+    hydra_cfg = HydraConfig.get()
+    label = hydra_cfg.runtime.choices.get("model", cfg.model.name)
+    sweep = current_sweep()
+    jobs_after = None
+    if sweep is not None:
+        number = hydra_cfg.job.num + 1
+        total = sweep.job_count
+        label = f"[{number}/{total or '?'}] {label:<8}"  # effnetv2: the longest name
+        # Jobs side by side (joblib, SLURM) make a sum of epoch times no ETA.
+        if total and hydra_cfg.launcher._target_.endswith("BasicLauncher"):
+            jobs_after = total - number
+    # Keras' own bar (trainer.verbose=1) would fight a live one.
+    live = None if cfg.trainer.verbose == 0 else False
+    return [EpochProgress(label, cfg.trainer.epochs, jobs_after, live=live)]
+
+
 if __name__ == "__main__":
+    check_override_keys()
     main()

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import keras
 from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
@@ -21,6 +20,8 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16")
 
 
 def start_session(precision: str, seed: int) -> None:
+    import keras  # here, not at the top: train.py imports this module for the resolvers
+
     keras.backend.clear_session(free_memory=True)
     keras.config.set_dtype_policy(precision)
     keras.utils.set_random_seed(seed)
@@ -34,6 +35,8 @@ def distribution_scope(kind: str | None):
     `data_parallel` splits each batch over every local accelerator: keras.distribution on
     JAX, tf.distribute.MirroredStrategy on TensorFlow (which Keras' TF trainer honours).
     """
+    import keras
+
     if not kind:
         return contextlib.nullcontext()
     backend = keras.backend.backend()
