@@ -127,7 +127,8 @@ class EpochProgress(keras.callbacks.Callback):
         seconds = (logs or {}).get("epoch_seconds", time.perf_counter() - self._start)
         self.job_epoch_seconds.append(seconds)
         self.sweep_epoch_seconds.append(seconds)
-        self.console.print(self.line(epoch, logs or {}, seconds), soft_wrap=True, markup=False)
+        line = self.line(epoch, logs or {}, seconds)
+        self.console.print(line, soft_wrap=True, markup=False, highlight=False)
 
     def on_train_end(self, logs=None):
         if self._bar is not None:

@@ -40,6 +40,27 @@ KNOWN = (
 )
 
 
+class OncePerWarning(logging.Filter):
+    """Lets each warning through once per process, whatever numbers and addresses it holds.
+
+    TensorFlow repeats some for every model a sweep builds in the same process (`… triggered
+    tf.function retracing`); errors always pass.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING:
+            return True
+        key = re.sub(r"0x[0-9a-fA-F]+|\d+", "#", record.getMessage())
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+
 def set_switches() -> None:
     for name, value in SWITCHES.items():
         os.environ.setdefault(name, value)
@@ -85,6 +106,7 @@ def start_backend() -> str:
 
             # Device discovery (cuInit) and the first int64 gather (oneDNN's note, which
             # the models' RandomShift would trigger mid-epoch) log once per process: here.
+            logging.getLogger("tensorflow").addFilter(OncePerWarning())
             tf.config.list_physical_devices()
             images, index = np.zeros((1, 1, 1), "float32"), np.zeros((1, 1, 1), "int32")
             keras.ops.take_along_axis(images, index, axis=1)

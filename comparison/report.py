@@ -28,6 +28,7 @@ from comparison.plots import (
 )
 from comparison.reference import REFERENCE
 from comparison.table import (
+    OPTIONAL_COLUMNS,
     Row,
     build_rows,
     compact_cells,
@@ -131,9 +132,10 @@ def _log_artifacts(sweep: SweepRecord, paths: Sequence[Path], out_dir: Path) -> 
 # -- console -----------------------------------------------------------------------------------
 
 
-def rich_table(sweep: SweepRecord, rows: Sequence[Row], varied: Sequence[str]) -> Table:
-    """The compact table. Headers may wrap; no cell is ever cut: each column is at least as
-    wide as its widest cell."""
+def rich_table(
+    sweep: SweepRecord, rows: Sequence[Row], varied: Sequence[str], leave_out: Sequence[str] = ()
+) -> Table:
+    """The compact table. No cell is ever cut: each column is as wide as its widest cell."""
     table = Table(
         title=f"sweep {sweep.sweep_id} ({sweep.status})",
         box=box.SIMPLE_HEAD,
@@ -144,28 +146,36 @@ def rich_table(sweep: SweepRecord, rows: Sequence[Row], varied: Sequence[str]) -
     )
     names = compact_headers(varied)
     values = [compact_cells(row) for row in rows]
-    labels = 3 + len(varied)  # architecture, varied values, strategy, n
-    for index, name in enumerate(names):
+    shown = [i for i, name in enumerate(names) if name not in leave_out]
+    labels = 1 + len(varied) + 1  # model, the varied values, strategy
+    for index in shown:
         width = max((len(row[index]) for row in values), default=0)
+        left = index < labels or names[index] == "status"
         table.add_column(
-            name,
-            justify="left" if index < labels - 1 or name == "status" else "right",
-            no_wrap=True,
-            min_width=width,
+            names[index], justify="left" if left else "right", no_wrap=True, min_width=width
         )
     for row, cells in zip(rows, values, strict=True):
         style = STATUS_STYLE.get(row.status, "")
         cells = [escape(cell) for cell in cells]
         cells[-1] = f"[{style}]{row.status}[/]" if style else row.status
-        table.add_row(*cells)
+        table.add_row(*(cells[i] for i in shown))
     return table
 
 
 def print_table(
     sweep: SweepRecord, rows: Sequence[Row], varied: Sequence[str], console: Console | None = None
 ) -> None:
+    """Prints the compact table, leaving out optional columns until it fits the console."""
     console = console or Console()
-    console.print(rich_table(sweep, rows, varied))
+    unbounded = Console(width=10_000)  # measures the table's natural width
+    leave_out: list[str] = []
+    table = rich_table(sweep, rows, varied)
+    for column in OPTIONAL_COLUMNS:
+        if unbounded.measure(table).maximum <= console.width:
+            break
+        leave_out.append(column)
+        table = rich_table(sweep, rows, varied, leave_out)
+    console.print(table)
     for row in rows:
         if row.status != "FINISHED":
             detail = row.error or ("still running" if row.status == "RUNNING" else "no error")

@@ -312,8 +312,10 @@ def cells(row: Row, note_width: int | None = 100) -> list[str]:
     ]
 
 
-# The console's table: what a sweep is judged by, in under 80 columns. The files keep all.
+# The console's table: what a sweep is judged by. The files keep every column.
 COMPACT_HEADERS = ("val top-1", "test top-1", "top-5", "time", "status")
+# Left out, in this order, while the table is wider than the terminal; the rest always shows.
+OPTIONAL_COLUMNS = ("top-5", "n", "val top-1", "strategy", "time")
 
 
 def _compact_pct(stat: Stat | None) -> str:
@@ -332,7 +334,7 @@ def _clock(stat: Stat | None) -> str:
 
 
 def compact_headers(varied: Sequence[str]) -> list[str]:
-    return ["architecture", *varied, "strategy", "n", *COMPACT_HEADERS]
+    return ["model", *varied, "strategy", "n", *COMPACT_HEADERS]
 
 
 def compact_cells(row: Row) -> list[str]:
