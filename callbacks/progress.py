@@ -16,7 +16,14 @@ import time
 
 import keras
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 REFRESH_SECONDS = 0.25  # the bar takes at most 4 updates a second, whatever the step rate
 
@@ -91,6 +98,7 @@ class EpochProgress(keras.callbacks.Callback):
                 BarColumn(bar_width=30),
                 MofNCompleteColumn(),
                 TimeElapsedColumn(),
+                TimeRemainingColumn(),
                 console=self.console,
                 transient=True,
                 auto_refresh=False,

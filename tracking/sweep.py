@@ -123,7 +123,8 @@ class SweepCallback(Callback):
             stale.unlink()
         sweep = Sweep(sweep_id, parent_run_id, experiment_id, count_jobs(config))
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(asdict(sweep)))
-        jobs = "? jobs" if sweep.job_count is None else f"{sweep.job_count} jobs"
+        count = sweep.job_count
+        jobs = "? jobs" if count is None else f"{count} job{'' if count == 1 else 's'}"
         log.info("sweep %s: %s · parent run %s", sweep_id, jobs, parent_run_id)
         uri = config.tracking.uri
         log.info("store %s · ui: mlflow ui --backend-store-uri %s", uri, uri)
