@@ -14,6 +14,7 @@ errors answer at once.
 import hydra
 from omegaconf import DictConfig
 
+import cli.help  # noqa: F401 (registers the resolver --help lists the groups with)
 import training.session  # noqa: F401 (registers the launcher's GPU resolvers)
 from cli.overrides import check_override_keys
 from cli.quiet import set_switches

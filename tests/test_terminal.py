@@ -217,8 +217,9 @@ def test_help_shows_groups_and_examples_without_loading_the_backend():
     assert result.returncode == 0, output(result)
     assert "loaded: []" in result.stdout
     assert "powered by Hydra" not in result.stdout
-    assert "model: alexnet, effnetv2, resnet18, vgg13, vit" in result.stdout
+    assert "  model: alexnet, effnetv2, resnet18, vgg13, vit\n" in result.stdout
     assert result.stdout.count("\n  python train.py ") == 5
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
     assert result.stderr == ""
 
 
