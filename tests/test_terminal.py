@@ -195,6 +195,7 @@ def test_a_key_close_to_a_known_one_gets_a_did_you_mean(args, message):
 
 # -- the CLI in a subprocess ---------------------------------------------------------------
 
+BASIC = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 LOADED = "import sys; print(sorted({'keras', 'tensorflow', 'mlflow', 'jax'} & set(sys.modules)))"
 
 
@@ -281,3 +282,22 @@ def test_a_repeated_warning_shows_once_and_errors_always():
         "a real error",
         "a real error",
     ]
+
+
+@pytest.mark.parametrize(
+    ("sweeper", "task", "jobs"),
+    [
+        ({"_target_": BASIC, "params": None}, ["model=alexnet,vgg13,vit", "seed=0,1"], 6),
+        ({"_target_": BASIC, "params": {"seed": "range(3)"}}, ["model=alexnet,vit"], 6),
+        ({"_target_": BASIC, "params": None}, ["trainer.epochs=2"], 1),
+        ({"_target_": "x.OptunaSweeper", "n_trials": 20}, ["model=vit"], 20),
+        ({"_target_": "x.AnotherSweeper"}, ["model=vit"], None),
+    ],
+)
+def test_the_sweep_knows_its_job_count(sweeper, task, jobs):
+    from omegaconf import OmegaConf
+
+    from tracking.sweep import count_jobs
+
+    config = OmegaConf.create({"hydra": {"sweeper": sweeper, "overrides": {"task": task}}})
+    assert count_jobs(config) == jobs
