@@ -261,8 +261,13 @@ def test_the_smoke_sweep_prints_progress_and_no_backend_noise(smoke_sweep):
     for number, name in enumerate(MODELS, 1):
         progress = [line for line in lines if line.startswith(f"[{number}/5] {name} ")]
         assert len(progress) == 1 and " epoch 1/1  loss " in progress[0], text[-3000:]
-    table = text[text.index(" architecture ") : text.index("accuracies in %")]
-    assert max(len(line) for line in table.splitlines()) <= 100
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["model", "strategy"])
+    end = next(i for i, line in enumerate(lines) if line.startswith("accuracies in %"))
+    table = lines[header:end]
+    assert len(table) == 2 + len(MODELS) and all(
+        line.split()[-1] == "FINISHED" for line in table[2:]
+    )
+    assert max(len(line.rstrip()) for line in table) <= 100
     assert re.search(r"^full table: .*comparison\.md$", text, re.M)
 
 
