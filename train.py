@@ -15,7 +15,6 @@ import hydra
 from omegaconf import DictConfig
 
 import cli.help  # noqa: F401 (registers the resolver --help lists the groups with)
-import training.session  # noqa: F401 (registers the launcher's GPU resolvers)
 from cli.overrides import check_override_keys
 from cli.quiet import set_switches
 
@@ -30,6 +29,7 @@ def main(cfg: DictConfig) -> float:
 
     from data.cifar100 import load_cifar100
     from tracking.job import TrackedJob
+    from tracking.mlflow_metrics import MlflowMetrics
     from tracking.results import log_results, run_tags
     from training.evaluate import evaluate
     from training.fit import build_model, fit
@@ -47,7 +47,15 @@ def main(cfg: DictConfig) -> float:
         with distribution_scope(cfg.trainer.distribution):
             model = build_model(cfg, data)
             job.start(run_tags(cfg, data), model)
-            result = fit(model, data, cfg, job, callbacks=progress(cfg))
+            result = fit(
+                model,
+                data,
+                cfg,
+                job.checkpoint_dir,
+                resume=job.resuming,
+                on_resume=job.continue_from,
+                callbacks=[MlflowMetrics(), *progress(cfg)],
+            )
 
         evaluation = evaluate(result.best_checkpoint, data, cfg.trainer.batch_size)
         log_results(result, evaluation, data)
