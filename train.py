@@ -23,9 +23,9 @@ set_switches()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from cli.quiet import start_backend
+    from cli.quiet import start_devices
 
-    start_backend()
+    start_devices()
 
     from data.cifar100 import load_cifar100
     from tracking.job import TrackedJob

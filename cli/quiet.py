@@ -16,8 +16,6 @@ import sys
 import tempfile
 from contextlib import contextmanager
 
-log = logging.getLogger(__name__)
-
 SWITCHES = {
     "TF_CPP_MIN_LOG_LEVEL": "2",  # TensorFlow C++: INFO and WARNING off, ERROR kept
     "GRPC_VERBOSITY": "ERROR",  # gRPC inside TensorFlow
@@ -94,20 +92,30 @@ def filtered_stderr():
 
 @functools.cache
 def start_backend() -> str:
-    """Imports Keras and brings its backend up quietly; returns the backend's name."""
+    """Imports Keras quietly; returns the backend's name."""
     set_switches()
     with filtered_stderr():
         import keras
 
         backend = keras.backend.backend()
-        if backend == "tensorflow":
-            import numpy as np
-            import tensorflow as tf
-
-            # Device discovery (cuInit) and the first int64 gather (oneDNN's note, which
-            # the models' RandomShift would trigger mid-epoch) log once per process: here.
-            logging.getLogger("tensorflow").addFilter(OncePerWarning())
-            tf.config.list_physical_devices()
-            images, index = np.zeros((1, 1, 1), "float32"), np.zeros((1, 1, 1), "int32")
-            keras.ops.take_along_axis(images, index, axis=1)
+    if backend == "tensorflow":
+        logging.getLogger("tensorflow").addFilter(OncePerWarning())
     return backend
+
+
+@functools.cache
+def start_devices() -> None:
+    """Brings the backend's devices up quietly, in the process that trains (not in a
+    launcher's parent process, which must leave the GPUs to its workers)."""
+    if start_backend() != "tensorflow":
+        return
+    with filtered_stderr():
+        import keras
+        import numpy as np
+        import tensorflow as tf
+
+        # Device discovery (cuInit) and the first int64 gather (oneDNN's note, which the
+        # models' RandomShift would trigger mid-epoch) log once per process: here.
+        tf.config.list_physical_devices()
+        images, index = np.zeros((1, 1, 1), "float32"), np.zeros((1, 1, 1), "int32")
+        keras.ops.take_along_axis(images, index, axis=1)
