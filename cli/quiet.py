@@ -21,8 +21,6 @@ SWITCHES = {
     "GRPC_VERBOSITY": "ERROR",  # gRPC inside TensorFlow
     # datasets' bars for preparing a local cache: seconds of carriage returns in a log
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-    # MLflow's telemetry thread breaks offline runs (see tracking/job.py); before its import.
-    "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 
 _ABSL = r"^[IWE]0000 \d\d:\d\d:[\d.]+ +\d+ "
