@@ -217,7 +217,7 @@ def test_parity_harness_runs_both_frameworks_end_to_end(tmp_path, data_cache):
         f"data.cache_dir={data_cache}",
         "data.val_size=100",
     ]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [0] and summary["epochs"] == 1
