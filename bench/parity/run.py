@@ -211,12 +211,10 @@ def compare(out: Path, gap_from: int) -> dict:
             f"(best-val checkpoint), torch {100 * summary['torch_test_top1'][s]:.2f} "
             f"(last epoch; {100 * summary['torch_test_top1_at_best_val'][s]:.2f} at best val)"
         )
+    print(f"final test gap (keras - torch) {100 * summary['final_test_gap']:+.2f} points")
     if late:
-        print(
-            f"final test gap (keras - torch) {100 * summary['final_test_gap']:+.2f}; "
-            f"val gap over epochs {gap_from}-{epochs} "
-            f"{100 * summary[f'val_gap_from_epoch_{gap_from}']:+.2f} points"
-        )
+        gap = summary[f"val_gap_from_epoch_{gap_from}"]
+        print(f"val gap (keras - torch) over epochs {gap_from}-{epochs} {100 * gap:+.2f} points")
     _plot(rows, seeds, out / "curves.png")
     return summary
 
