@@ -396,7 +396,7 @@ def test_cli_rebuilds_the_same_table_in_a_fresh_process(store, report, tmp_path)
     assert result.returncode == 0, result.stderr
     assert (out / "comparison.csv").read_text() == report.csv.read_text()
     assert (out / "comparison.md").read_text() == report.markdown.read_text()
-    assert "ValueError: loss is NaN" in result.stdout and "56.25 ± 8.84" in result.stdout
+    assert "ValueError: loss is NaN" in result.stdout and "56.25±8.84" in result.stdout
 
 
 def test_cli_missing_store_is_one_line_and_creates_nothing(tmp_path):

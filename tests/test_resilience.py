@@ -573,8 +573,8 @@ def test_failing_jobs_are_isolated_recorded_and_summarized(tmp_path, data_cache)
         assert "Traceback (most recent call last)" in Path(trace).read_text()
         # One clear line per failed job, naming the job and the error.
         job = jobs[run.info.run_id]
-        lines = [line for line in text.splitlines() if f"] - {job} failed: " in line]
-        assert len(lines) == 1 and "[ERROR]" in lines[0] and error in lines[0], (job, lines)
+        lines = [line for line in text.splitlines() if f" {job} failed: " in line]
+        assert len(lines) == 1 and " error: " in lines[0] and error in lines[0], (job, lines)
         failed_jobs.append(job)
     assert "Traceback" not in text
     summary = next(line for line in text.splitlines() if "7 of 8 jobs failed:" in line)

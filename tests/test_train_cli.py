@@ -118,7 +118,7 @@ def test_bad_input_fails_with_one_line_and_no_running_run(overrides, named, tmp_
     text = output(result)
     assert result.returncode != 0
     assert "Traceback" not in text
-    errors = [line for line in text.splitlines() if "[ERROR]" in line]
+    errors = [line for line in text.splitlines() if " error: " in line]
     assert len(errors) == 1 and named in errors[0], text[-3000:]
     assert not Store(tmp_path).runs("attributes.status = 'RUNNING'")
 
@@ -139,7 +139,7 @@ def test_unwritable_tracking_store_is_one_line(tmp_path, data_cache):
     )
     text = output(result)
     assert result.returncode != 0 and "Traceback" not in text
-    errors = [line for line in text.splitlines() if "[ERROR]" in line]
+    errors = [line for line in text.splitlines() if " error: " in line]
     assert len(errors) == 1 and "tracking" in errors[0] and "writable" in errors[0]
 
 
