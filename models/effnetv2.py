@@ -59,6 +59,15 @@ def _one_line(error: Exception, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+# keras.applications' EfficientNetV2 refuses a smaller input_shape without its top.
+MIN_INPUT = 32
+
+
+def min_input_size(**_) -> int:
+    """The smallest model.input_size this network takes (check_config asks before a run)."""
+    return MIN_INPUT
+
+
 def build_effnetv2(
     *,
     num_classes: int,

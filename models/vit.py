@@ -266,6 +266,12 @@ def _port_classifier(logits: layers.Dense, checkpoint: ViTCheckpoint, source: st
         ) from error
 
 
+def min_input_size(patch_size: int = 16, **_) -> int:
+    """The smallest model.input_size this network takes (check_config asks before a run):
+    one patch."""
+    return patch_size
+
+
 def build_vit(
     *,
     num_classes: int,
