@@ -9,7 +9,6 @@ FINISHED is skipped, an interrupted one resumes; `resume=false` starts afresh.
 """
 
 import os
-import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before Keras imports TensorFlow
@@ -52,25 +51,19 @@ def main(cfg: DictConfig) -> float:
 # sweep recorded (tracking.sweep.exit_code), never by raising inside a callback.
 
 
-def _terminate(signum, frame):
-    # SIGTERM (SLURM, `timeout`, docker stop) ends like Ctrl-C: runs KILLED, checkpoints intact.
-    raise KeyboardInterrupt("SIGTERM")
-
-
 def cli() -> int:
     """Runs train.py as a command and returns its exit code, saying why in one line."""
+    from tracking.interrupts import exit_status, interrupts_between_store_calls
     from tracking.sweep import LAUNCH, Launch, exit_code, interrupted
 
     LAUNCH.__dict__.update(Launch().__dict__)  # a command of its own, also when called twice
-    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        main()
+        with interrupts_between_store_calls():
+            main()
     except KeyboardInterrupt as interrupt:
-        name = "SIGTERM" if interrupt.args == ("SIGTERM",) else "SIGINT"
+        name, status = exit_status(interrupt)
         print(interrupted(name), file=sys.stderr)
-        return 128 + (signal.SIGTERM if name == "SIGTERM" else signal.SIGINT)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        return status
     code, why = exit_code()
     if code:
         print(why, file=sys.stderr)
