@@ -18,6 +18,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from data.cifar100 import load_cifar100  # noqa: E402
 from tracking.job import TrackedJob  # noqa: E402
+from tracking.mlflow_metrics import MlflowMetrics  # noqa: E402
 from tracking.results import log_results, run_tags  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.fit import build_model, fit  # noqa: E402
@@ -38,7 +39,15 @@ def main(cfg: DictConfig) -> float:
         with distribution_scope(cfg.trainer.distribution):
             model = build_model(cfg, data)
             job.start(run_tags(cfg, data), model)
-            result = fit(model, data, cfg, job)
+            result = fit(
+                model,
+                data,
+                cfg,
+                job.checkpoint_dir,
+                resume=job.resuming,
+                on_resume=job.continue_from,
+                callbacks=[MlflowMetrics()],
+            )
 
         evaluation = evaluate(result.best_checkpoint, data, cfg.trainer.batch_size)
         log_results(result, evaluation, data)
