@@ -11,6 +11,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
@@ -549,7 +550,7 @@ def _lease(ctx, host: str, slurm: str = "") -> None:
     client.set_experiment_tag(experiment, f"owner.{config_identity(cfg)}", json.dumps(lease))
 
 
-def act_server_lease(slurm: str, env: dict | None = None, expiry: int = 8):
+def act_server_lease(slurm: str, env: dict | None = None, expiry: int = 30):
     def act(ctx):
         ctx.uri = ctx.extra["server"].wait_ready()
         ctx.experiment = f"lease-{slurm or 'expired'}"
@@ -569,8 +570,8 @@ def act_server_lease(slurm: str, env: dict | None = None, expiry: int = 8):
 
 
 def act_copies(count: int, args, server: bool = False):
-    """`count` copies of one command on one store, the later ones started once the first
-    has its sweep open (as a user starts a command twice), each with its own sweep folder."""
+    """`count` copies of one command started together on one store whose database exists
+    (as the README asks before parallel launches), each with its own sweep folder."""
 
     def act(ctx):
         extra = ()
@@ -578,13 +579,12 @@ def act_copies(count: int, args, server: bool = False):
             ctx.uri = ctx.extra["server"].wait_ready()
             ctx.experiment = f"copies-{count}"
             extra = (f"tracking.uri={ctx.uri}", f"tracking.experiment={ctx.experiment}")
-        first = start(*args, *extra, root=ctx.root, cache=ctx.cache, sweep="sweep-0", log="0.log")
-        wait_until(lambda: (ctx.root / "sweep-0" / "mlflow_sweep.json").exists(), "sweep", first)
-        others = [
+        ctx.client().create_experiment(ctx.experiment)
+        copies = [
             start(*args, *extra, root=ctx.root, cache=ctx.cache, sweep=f"sweep-{i}", log=f"{i}.log")
-            for i in range(1, count)
+            for i in range(count)
         ]
-        results = [finish(p) for p in [first, *others]]
+        results = [finish(p) for p in copies]
         codes = {code for code, _ in results}
         text = "\n".join(text for _, text in results)
         assert codes == {0}, text[-4000:]
@@ -882,14 +882,12 @@ CASES = [
 def _line(text: str, key: str) -> str:
     lines = [line for line in text.splitlines() if key in line]
     assert lines, f"no line names {key!r}:\n{text[-3000:]}"
-    return lines[-1].split("] - ", 1)[-1].strip()
+    return re.sub(r"^(\[[^\]]*\])+( - )?", "", lines[-1]).strip()  # the log prefix goes
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
 def test_table(case, tmp_path, cache, capfd, monkeypatch, request):
-    import re
-
     ctx = Ctx(tmp_path, cache, capfd, monkeypatch)
     if case.base == "finished":
         _copy_store(request.getfixturevalue("finished_store"), ctx)
