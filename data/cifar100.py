@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from data import synthetic
-from errors import UserError
+from errors import UserError, one_line
 from hf_hub import hub_reachable
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def _load_local(folder: Path, cache_dir: Path, key_name: str) -> dict[str, np.nd
                 splits = datasets.load_dataset(str(folder), cache_dir=hf_cache)
             except (datasets.exceptions.DatasetsError, FileNotFoundError, ValueError) as error:
                 raise UserError(
-                    f"{key_name}: datasets cannot read {folder} ({_first_line(error)}); "
+                    f"{key_name}: datasets cannot read {folder} ({one_line(error)}); "
                     f"point it at a CIFAR-100 copy in the hub's parquet layout, e.g. {SHARED_HINT}"
                 ) from None
             arrays = _decode(splits, f"{key_name} ({folder})", shards=files)
@@ -215,11 +215,10 @@ def _load_hub(hub_id: str, cache_dir: Path) -> dict[str, np.ndarray]:
         ) from None
     except datasets.exceptions.DatasetNotFoundError as error:
         raise UserError(
-            f"data.hub_id={hub_id}: {_first_line(error)}; "
-            f"set data.hub_id={DEFAULT_HUB_ID} or {local}"
+            f"data.hub_id={hub_id}: {one_line(error)}; set data.hub_id={DEFAULT_HUB_ID} or {local}"
         ) from None
     except (datasets.exceptions.DatasetsError, FileNotFoundError, ValueError) as error:
-        raise UserError(f"data.hub_id={hub_id}: {_first_line(error)}; {local}") from None
+        raise UserError(f"data.hub_id={hub_id}: {one_line(error)}; {local}") from None
     finally:
         datasets.config.HF_HUB_OFFLINE = previous
 
@@ -286,13 +285,13 @@ def _undecodable(split, split_name: str, where: str, shards, error: Exception) -
     from PIL import Image
 
     raw = split.cast_column("img", datasets.Image(decode=False))
-    index, reason = None, _first_line(error)
+    index, reason = None, one_line(error)
     for index, row in enumerate(raw):  # noqa: B007 (index is read after the loop)
         try:
             with Image.open(io.BytesIO(row["img"]["bytes"])) as image:
                 image.convert("RGB")
         except Exception as bad:
-            reason = _first_line(bad)
+            reason = one_line(bad)
             break
     else:
         index = None
@@ -499,9 +498,3 @@ def _fingerprint(splits, class_names, superclass_names) -> str:
             digest.update(np.ascontiguousarray(array).data)
     digest.update(repr((list(class_names), list(superclass_names))).encode())
     return digest.hexdigest()[:16]
-
-
-def _first_line(error: BaseException, limit: int = 300) -> str:
-    """The start of an error message from datasets, fit for a one-line UserError."""
-    text = (str(error).strip() or type(error).__name__).splitlines()[0]
-    return text if len(text) <= limit else text[: limit - 1] + "…"

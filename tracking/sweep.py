@@ -7,6 +7,9 @@ whichever process or machine a launcher puts them on, and pass it as MLflow's
 
 Hydra turns a callback's exception into a warning, so the callback never sets the exit
 code: it records what went wrong here, and train.py asks `exit_code()` once Hydra returns.
+
+Hydra instantiates the callback at start-up, for `--help` too, so Keras and MLflow are
+imported only once a sweep starts.
 """
 
 import hashlib
@@ -16,17 +19,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import keras
-import mlflow
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from mlflow.entities import RunStatus
 from omegaconf import DictConfig
-
-from comparison import build_report
-from tracking.params import public_overrides
-from tracking.store import connect
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +48,7 @@ class Sweep:
     sweep_id: str
     parent_run_id: str
     experiment_id: str
+    job_count: int | None = None  # None where the sweeper decides as it goes
 
 
 def sweep_id_for(overrides: list[str], resume: bool, backend: str) -> str:
@@ -68,6 +66,26 @@ def current_sweep() -> Sweep | None:
         return None
     path = Path(hydra.sweep.dir) / SWEEP_FILE
     return Sweep(**json.loads(path.read_text())) if path.exists() else None
+
+
+def count_jobs(config: DictConfig) -> int | None:
+    """How many jobs the sweep launches: n_trials for Optuna, the grid size for the basic
+    sweeper, None when it cannot be known up front."""
+    sweeper = config.hydra.sweeper
+    if sweeper.get("n_trials") is not None:
+        return int(sweeper.n_trials)
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+    try:
+        overrides = OverridesParser.create().parse_overrides(
+            [*params, *config.hydra.overrides.task]
+        )
+        return len(BasicSweeper.split_arguments(overrides, None)[0])
+    except Exception:  # a sweep syntax only Hydra's own parse understands
+        return None
 
 
 def write_outcome(output_dir: str | Path, **outcome) -> None:
@@ -95,9 +113,18 @@ class SweepCallback(Callback):
             log.error("sweep: no parent run (%s)", LAUNCH.store_error)
 
     def _open_parent(self, config: DictConfig, sweep_dir: Path) -> None:
+        from cli.quiet import start_backend
+
+        # First, so TensorFlow starts quietly; the backend is part of the sweep's identity.
+        backend = start_backend()
+        import mlflow
+        from mlflow.entities import RunStatus
+
+        from tracking.params import public_overrides
+        from tracking.store import connect
+
         experiment_id = connect(config.tracking)
         overrides = list(config.hydra.overrides.task)
-        backend = keras.backend.backend()
         sweep_id = sweep_id_for(overrides, config.resume, backend)
         client = mlflow.MlflowClient()
         existing = client.search_runs(
@@ -117,32 +144,43 @@ class SweepCallback(Callback):
                     "backend": backend,
                 },
             ).info.run_id
+        sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        sweep = Sweep(sweep_id, parent_run_id, experiment_id)
+        sweep = Sweep(sweep_id, parent_run_id, experiment_id, count_jobs(config))
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(asdict(sweep)))
-        log.info("sweep %s: parent run %s", sweep_id, parent_run_id)
+        count = sweep.job_count
+        jobs = "? jobs" if count is None else f"{count} job{'' if count == 1 else 's'}"
+        log.info("sweep %s: %s · parent run %s", sweep_id, jobs, parent_run_id)
+        uri = config.tracking.uri
+        log.info("store %s · ui: mlflow ui --backend-store-uri %s", uri, uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        import mlflow
+
+        from comparison import build_report
+
         sweep_dir = Path(config.hydra.sweep.dir)
         outcomes = read_outcomes(sweep_dir)
         for outcome in outcomes:
             log.info("%-8s %s %s", outcome["status"], outcome["job"], outcome.get("error", ""))
         if LAUNCH.store_error is not None:
             return
+        from tracking.store import connect
+
         try:
             sweep = Sweep(**json.loads((sweep_dir / SWEEP_FILE).read_text()))
             connect(config.tracking, must_exist=True)  # never re-create a vanished store
-            failed = any(o["status"] != "finished" and o["status"] != "skipped" for o in outcomes)
+            failed = any(o["status"] not in ("finished", "skipped") for o in outcomes)
             mlflow.MlflowClient().set_terminated(
                 sweep.parent_run_id, status="FAILED" if failed else "FINISHED"
             )
-            report = build_report(
+            # The compact table, then where the full one, the CSV and the plots are.
+            build_report(
                 config.tracking.uri,
                 config.tracking.experiment,
                 sweep.sweep_id,
                 sweep_dir / "comparison",
             )
-            log.info("comparison: %s", report.paths[0].parent)
         except Exception as error:
             LAUNCH.store_error = " ".join(str(error).split())
             log.error("sweep: could not close the parent run (%s)", LAUNCH.store_error)
@@ -172,6 +210,10 @@ def interrupted(signal_name: str) -> str:
     """Marks this process's sweep parent KILLED, as the interrupted job's run already is."""
     if LAUNCH.sweep_dir is not None and (LAUNCH.sweep_dir / SWEEP_FILE).exists():
         try:
+            import mlflow
+
+            from tracking.store import connect
+
             sweep = Sweep(**json.loads((LAUNCH.sweep_dir / SWEEP_FILE).read_text()))
             connect(LAUNCH.tracking, must_exist=True)
             mlflow.MlflowClient().set_terminated(sweep.parent_run_id, status="KILLED")
