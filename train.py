@@ -13,6 +13,7 @@ errors answer at once.
 
 import logging
 import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -104,6 +105,30 @@ def progress(cfg: DictConfig) -> list:
     return [EpochProgress(label, cfg.trainer.epochs, jobs_after, live=live)]
 
 
+# -- the exit code ----------------------------------------------------------------------------
+# Hydra swallows a callback's exception, so a sweep's exit code is decided here, from what the
+# sweep recorded (tracking.sweep.exit_code), never by raising inside a callback.
+
+
+def cli() -> int:
+    """Runs train.py as a command and returns its exit code, saying why in one line."""
+    from tracking.interrupts import exit_status, interrupts_between_store_calls
+    from tracking.sweep import LAUNCH, Launch, exit_code, interrupted
+
+    LAUNCH.__dict__.update(Launch().__dict__)  # a command of its own, also when called twice
+    try:
+        with interrupts_between_store_calls():
+            main()
+    except KeyboardInterrupt as interrupt:
+        name, status = exit_status(interrupt)
+        print(interrupted(name), file=sys.stderr)
+        return status
+    code, why = exit_code()
+    if code:
+        print(why, file=sys.stderr)
+    return code
+
+
 if __name__ == "__main__":
     check_override_keys()
-    main()
+    sys.exit(cli())

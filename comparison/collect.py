@@ -236,6 +236,8 @@ def _find_parent(client: MlflowClient, experiment: str, experiment_id: str, swee
     latest_first = ["attributes.start_time DESC"]
     if sweep_id is None:
         parents = client.search_runs([experiment_id], PARENT_FILTER, order_by=latest_first)
+        # A parent without a sweep id (tagged by hand, or half-written) names no sweep.
+        parents = [run for run in parents if run.data.tags.get("sweep_id")]
         if not parents:
             raise StoreError(
                 "experiment",
@@ -260,7 +262,7 @@ def _find_parent(client: MlflowClient, experiment: str, experiment_id: str, swee
         f"{PARENT_FILTER} and tags.sweep_id LIKE '{sweep_id}%'",
         order_by=latest_first,
     )
-    ids = sorted({run.data.tags["sweep_id"] for run in prefixed})
+    ids = sorted({run.data.tags.get("sweep_id", "") for run in prefixed} - {""})
     if len(ids) == 1:
         return prefixed[0]
     if ids:

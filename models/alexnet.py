@@ -58,6 +58,11 @@ def _pool(x, padding, name):
     return layers.MaxPooling2D(3, strides=2, name=name)(x)
 
 
+def min_input_size(stem: str = "cifar", **_) -> int:
+    """The smallest model.input_size this network takes (check_config asks before a run)."""
+    return MIN_IMAGENET_INPUT if stem == "imagenet" else 1
+
+
 def build_alexnet(
     *,
     num_classes: int,

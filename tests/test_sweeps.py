@@ -8,6 +8,9 @@ import pytest
 from conftest import MODELS, REPO, Store, output, train_cli
 from PIL import Image
 
+# Every test runs train.py, or reads the smoke sweep it ran.
+pytestmark = pytest.mark.slow
+
 
 def _table(path) -> list[dict]:
     with open(path, newline="") as handle:

@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 from conftest import CURVES, MODELS, REPO, Store, output, train_cli
 
+# Every test runs train.py, or reads the smoke sweep it ran.
+pytestmark = pytest.mark.slow
+
 
 def test_smoke_sweep_leaves_five_finished_runs(smoke_sweep):
     store, _ = smoke_sweep

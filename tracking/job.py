@@ -4,7 +4,8 @@
 skip, resume or start afresh, opens the run, and records how the job ended: a FAILED run
 with the error as a tag and the traceback as an artifact, a one-line log message, and an
 outcome file the sweep summary reads. In a sweep a failed job lets the next one run; a
-single run exits non-zero.
+single run exits non-zero. While the job lives it owns its config identity (tracking/owner.py):
+another copy of the command waits rather than resume or log into the same run.
 """
 
 import logging
@@ -17,9 +18,11 @@ from pathlib import Path
 import mlflow
 from hydra.core.hydra_config import HydraConfig
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from errors import UserError
+from tracking.owner import Ownership
 from tracking.params import (
     config_identity,
     flatten_params,
@@ -46,17 +49,26 @@ class TrackedJob:
         self.identity: str | None = None
         self.resuming = False
         self.finished_twin: Run | None = None
+        self.owner: Ownership | None = None
         # What the task returns: best val top-1, NaN for a failed job (Optuna fails the trial).
         self.objective = math.nan
+        # Replaced when the job ends; a job whose process dies first leaves this one, and the
+        # sweep counts it as failed.
+        self._outcome("started")
 
     # -- the run ---------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Connects the store and looks for a run of the same config identity."""
-        self.experiment_id = connect(self.cfg.tracking)
-        self.identity = config_identity(self.cfg)
+        """Connects the store, owns the config identity and looks for a run of it."""
         self.sweep = current_sweep()
+        self.experiment_id = connect(self.cfg.tracking, must_exist=self.sweep is not None)
+        if self.sweep is not None:
+            self._check_parent()
+        self.identity = config_identity(self.cfg)
         self.checkpoint_dir = Path(self.cfg.tracking.checkpoint_dir) / self.identity
+        owner = Ownership(self.cfg.tracking, self.identity, self.job, self.experiment_id)
+        owner.acquire()
+        self.owner = owner
         twin = self._latest_twin()
         if twin is not None and self.cfg.resume:
             if twin.info.status == "FINISHED":
@@ -67,6 +79,16 @@ class TrackedJob:
                 return
         # A fresh run must not pick up a crashed or forced-over twin's epochs.
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+
+    def _check_parent(self) -> None:
+        try:
+            mlflow.MlflowClient().get_run(self.sweep.parent_run_id)
+        except MlflowException:
+            raise UserError(
+                f"tracking.uri={self.cfg.tracking.uri}: the store lost this sweep's parent run "
+                f"{self.sweep.parent_run_id} (replaced mid-sweep?); restore it and run the same "
+                "command again"
+            ) from None
 
     def _latest_twin(self) -> Run | None:
         runs = mlflow.search_runs(
@@ -183,6 +205,13 @@ class TrackedJob:
         return self
 
     def __exit__(self, exc_type, error, tb) -> bool:
+        try:
+            return self._end(exc_type, error)
+        finally:
+            if self.owner is not None:
+                self.owner.release()
+
+    def _end(self, exc_type, error) -> bool:
         if error is None:
             return False
         if not isinstance(error, Exception):  # Ctrl-C, SystemExit: not this job's failure
@@ -208,8 +237,8 @@ class TrackedJob:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         trace_file.write_text(trace)
         if not mlflow.active_run():
-            if self.identity is None or self.resuming or self.finished:
-                return  # no store yet, or a twin run that a rerun resumes or reuses as is
+            if self.owner is None or self.resuming or self.finished:
+                return  # no store yet, another's run, or a twin a rerun resumes or reuses
             self._new_run({})  # failed before training: still a FAILED row in the sweep
         try:
             mlflow.set_tag("error", message[:5000])
