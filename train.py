@@ -16,7 +16,9 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from data.cifar100 import load_cifar100  # noqa: E402
+from tracking.datasets import log_datasets  # noqa: E402
 from tracking.job import TrackedJob  # noqa: E402
+from tracking.logged_model import log_best_model  # noqa: E402
 from tracking.results import log_results, run_tags  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.fit import build_model, fit  # noqa: E402
@@ -37,10 +39,12 @@ def main(cfg: DictConfig) -> float:
         with distribution_scope(cfg.trainer.distribution):
             model = build_model(cfg, data)
             job.start(run_tags(cfg, data), model)
+            datasets = log_datasets(data)
             result = fit(model, data, cfg, job)
 
         evaluation = evaluate(result.best_checkpoint, data, cfg.trainer.batch_size)
-        log_results(result, evaluation, data)
+        model_id = log_best_model(result.best_checkpoint, data, job.name, cfg.tracking.register)
+        log_results(result, evaluation, data, model_id, datasets["test"])
         job.finish(result.best_val_top1)
     return job.objective
 

@@ -3,6 +3,8 @@
 import keras
 import mlflow
 
+from tracking.values import clean_metrics
+
 
 class MlflowMetrics(keras.callbacks.Callback):
     """Logs every value of the epoch logs with step=epoch, synchronously.
@@ -15,4 +17,4 @@ class MlflowMetrics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs:
-            mlflow.log_metrics({key: float(value) for key, value in logs.items()}, step=epoch)
+            mlflow.log_metrics(clean_metrics(logs), step=epoch)

@@ -5,9 +5,11 @@ FINISHED runs of earlier sweeps it reused, which keep their first parent. When a
 run more than once (a FAILED attempt, then a re-run) only the latest started run counts.
 """
 
+import json
 import math
 import re
 import sqlite3
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -23,6 +25,8 @@ from errors import UserError
 
 SQLITE_PREFIX = "sqlite:///"
 PARENT_FILTER = "tags.sweep_parent = 'true'"
+# Written by tracking.results with mlflow.log_table; read back here without TensorFlow.
+SUPERCLASS_TABLE = "superclass_top1.json"
 
 # How each input is named to the person who gave it: Hydra keys for the sweep callback,
 # flags for compare.py (see StoreError.line).
@@ -57,6 +61,7 @@ class RunRecord:
     params: Mapping[str, str]
     metrics: Mapping[str, float]  # latest value of each metric; finals are logged once
     val_top1: tuple[float, ...]  # per epoch from 0, NaN where an epoch is missing
+    superclass_top1: Mapping[str, float] = field(default_factory=dict)  # test top-1 (%)
 
     @property
     def overrides(self) -> dict[str, str]:
@@ -306,7 +311,24 @@ def _record(client: MlflowClient, run: Run, curve: bool = True) -> RunRecord:
         params=dict(run.data.params),
         metrics=dict(run.data.metrics),
         val_top1=_curve(client, run.info.run_id) if curve else (),
+        superclass_top1=_superclass_table(client, run) if curve else {},
     )
+
+
+def _superclass_table(client: MlflowClient, run: Run) -> dict[str, float]:
+    """The run's per-superclass test top-1 table (tracking.results); {} when it has none."""
+    if run.info.status != "FINISHED":
+        return {}
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            path = client.download_artifacts(run.info.run_id, SUPERCLASS_TABLE, folder)
+            table = json.loads(Path(path).read_text())
+        except (MlflowException, OSError, ValueError):
+            return {}
+    columns = table.get("columns", [])
+    if columns[:2] != ["superclass", "test_top1"]:
+        return {}
+    return {str(name): float(value) for name, value, *_ in table.get("data", [])}
 
 
 def _curve(client: MlflowClient, run_id: str) -> tuple[float, ...]:

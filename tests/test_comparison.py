@@ -38,10 +38,11 @@ PNGS = [VAL_CURVES, TEST_BARS, TOP1_VS_TIME, TOP1_VS_PARAMS, SUPERCLASS_HEATMAP]
 
 
 def finals(top1, top5, best_val, seconds, ips, params, epochs=3.0):
+    """Final metrics as train.py logs them; accuracies given as fractions, stored in %."""
     metrics = {
-        "test_top1": top1,
-        "test_top5": top5,
-        "best_val_top1": best_val,
+        "test_top1": top1 * 100,
+        "test_top5": top5 * 100,
+        "best_val_top1": best_val * 100,
         "best_epoch": epochs - 1,
         "epochs_run": epochs,
         "train_seconds": seconds,
@@ -49,9 +50,8 @@ def finals(top1, top5, best_val, seconds, ips, params, epochs=3.0):
         "param_count": params,
     }
     # Distinct per run and superclass, so a mixed-up column would show.
-    for index, name in enumerate(SUPERCLASSES):
-        metrics[f"test_top1_superclass/{name}"] = round(top1 + index / 1000, 6)
-    return metrics
+    superclasses = {name: round(100 * top1 + i / 10, 4) for i, name in enumerate(SUPERCLASSES)}
+    return metrics, superclasses
 
 
 class Store:
@@ -89,7 +89,7 @@ class Store:
         overrides: str | None = None,
         identity: str | None = None,
         curve: tuple[float, ...] = (),
-        metrics: dict | None = None,
+        metrics: tuple[dict, dict] | None = None,
         error: str | None = None,
         strategy: str = "scratch",
     ) -> str:
@@ -119,14 +119,18 @@ class Store:
         }
         history = []
         for epoch, value in enumerate(curve):
-            for name, v in (("val_top1", value), ("loss", 4.0 - epoch)):
+            for name, v in (("val_top1", 100 * value), ("loss", 4.0 - epoch)):
                 history.append(Metric(name, v, start + epoch, epoch))
-        final = [Metric(k, v, start + 100, 0) for k, v in (metrics or {}).items()]
+        finals, superclasses = metrics if isinstance(metrics, tuple) else (metrics or {}, {})
+        final = [Metric(k, v, start + 100, 0) for k, v in finals.items()]
         self.client.log_batch(
             run_id,
             metrics=history + final,
             params=[Param(k, v) for k, v in params.items()],
         )
+        if superclasses:  # as tracking.results logs it
+            table = {"superclass": list(superclasses), "test_top1": list(superclasses.values())}
+            self.client.log_table(run_id, table, "superclass_top1.json")
         if status != "RUNNING":
             self.client.set_terminated(run_id, status, end_time=start + 1000)
         self.runs[key] = run_id
@@ -264,9 +268,9 @@ def test_seeds_are_averaged_with_sample_std(report, store):
     alexnet = report.rows[0]
     assert alexnet.n == 2 and alexnet.seeds == ("0", "1")
     assert set(alexnet.run_ids) == {store.runs["alexnet-0"], store.runs["alexnet-1"]}
-    assert alexnet.test_top1.values == (0.5, 0.625)
-    assert alexnet.test_top1.mean == 0.5625
-    assert alexnet.test_top1.std == pytest.approx(statistics.stdev([0.5, 0.625]))
+    assert alexnet.test_top1.values == (50.0, 62.5)
+    assert alexnet.test_top1.mean == 56.25
+    assert alexnet.test_top1.std == pytest.approx(statistics.stdev([50.0, 62.5]))
     assert alexnet.train_seconds.mean == 105.0
     assert alexnet.delta_top1 == pytest.approx(56.25 - 56.97)
 
@@ -284,15 +288,15 @@ def test_single_runs_show_the_stored_metrics(report, store):
     vgg13, resnet18 = report.rows[1], report.rows[3]
     # The re-run of a config that failed first; the failed attempt is not a row.
     assert vgg13.run_ids == (store.runs["vgg13-0"],)
-    assert (vgg13.test_top1.values, vgg13.test_top5.values) == ((0.59375,), (0.8125,))
-    assert (vgg13.best_val_top1.mean, vgg13.epochs_run.mean) == (0.53125, 3.0)
+    assert (vgg13.test_top1.values, vgg13.test_top5.values) == ((59.375,), (81.25,))
+    assert (vgg13.best_val_top1.mean, vgg13.epochs_run.mean) == (53.125, 3.0)
     assert (vgg13.images_per_second.mean, vgg13.param_count.mean) == (500.0, 9_400_000.0)
     assert vgg13.test_top1.std is None
     assert vgg13.reference_top1 == 57.03
     # A FINISHED run of an earlier sweep that this sweep reused.
     assert resnet18.run_ids == (store.runs["resnet18-0"],)
-    assert resnet18.test_top1.mean == 0.65625
-    assert resnet18.superclass_top1["vehicles_2"] == round(0.65625 + 19 / 1000, 6)
+    assert resnet18.test_top1.mean == 65.625
+    assert resnet18.superclass_top1["vehicles_2"] == round(65.625 + 19 / 10, 4)
     assert len(resnet18.superclass_top1) == 20
     assert (resnet18.input_size, resnet18.backend, resnet18.strategy) == (
         "32",
@@ -314,7 +318,7 @@ def test_failed_and_running_runs_are_rows_with_their_status(report, store):
     assert failed.status == "FAILED" and failed.error == "ValueError: loss is NaN | diverged"
     assert failed.test_top1 is None and failed.param_count.mean == 9_400_000.0
     assert running.status == "RUNNING" and running.run_ids == (store.runs["resnet18-1"],)
-    assert running.val_top1_curve == (0.25, 0.375)
+    assert running.val_top1_curve == (25.0, 37.5)
 
     csv_rows = read_csv(report.csv)
     assert [row["status"] for row in csv_rows] == [
@@ -369,7 +373,7 @@ def test_a_varied_override_splits_rows(store, tmp_path):
     ]
     # The reused run knows its lr from its params, not its overrides tag.
     assert latest.rows[0].run_ids == (store.runs["alexnet-0"],)
-    assert latest.rows[1].test_top1.mean == 0.5
+    assert latest.rows[1].test_top1.mean == 50.0
     assert latest.rows[2].reference_top1 is None and latest.rows[2].delta_top1 is None
     csv_rows = read_csv(latest.csv)
     assert [row["optimizer.lr"] for row in csv_rows] == ["0.05", "0.1", "0.05", "0.1"]

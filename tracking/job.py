@@ -28,12 +28,14 @@ from errors import UserError  # noqa: E402
 from tracking.params import (  # noqa: E402
     config_identity,
     flatten_params,
+    machine_tags,
     public_config,
     public_overrides,
 )
 from tracking.results import log_model_summary  # noqa: E402
 from tracking.store import connect  # noqa: E402
 from tracking.sweep import current_sweep, write_outcome  # noqa: E402
+from tracking.values import clean_metrics  # noqa: E402
 
 log = logging.getLogger("train")
 
@@ -101,7 +103,7 @@ class TrackedJob:
         """Opens the MLflow run (new, or the interrupted twin) and logs what defines it."""
         self.tags, self.model = tags, model  # for a run that takes over (continue_from)
         if self.resuming:
-            run = mlflow.start_run(run_id=self.run_id)
+            run = mlflow.start_run(run_id=self.run_id, log_system_metrics=self._system_metrics())
             if self.sweep is not None:
                 mlflow.set_tag(f"sweep.{self.sweep.sweep_id}", "true")
             log.info("%s: resuming run %s", self.job, self.run_id)
@@ -132,12 +134,22 @@ class TrackedJob:
                 "model": self.name,
                 "overrides": " ".join(public_overrides(HydraConfig.get().overrides.task)),
                 **sweep_tags,
+                **machine_tags(self.cfg),
                 **tags,
             },
+            log_system_metrics=self._system_metrics(),
         )
         self.run_id = run.info.run_id
         mlflow.log_params(flatten_params(self.cfg))
         mlflow.log_text(OmegaConf.to_yaml(public_config(self.cfg)), "config.yaml")
+
+    def _system_metrics(self) -> bool:
+        """CPU, memory (psutil) and GPU (nvidia-ml-py, where present) beside the curves."""
+        settings = self.cfg.tracking.get("system_metrics")
+        if not settings or not settings.enabled:
+            return False
+        mlflow.set_system_metrics_sampling_interval(settings.interval_seconds)
+        return True
 
     def continue_from(self, epochs_done: int, history: list[dict]) -> None:
         """Makes a resumed run's curves hold epochs 0..epochs_done-1 once each, then trains on.
@@ -165,15 +177,15 @@ class TrackedJob:
             logged = set()
         for epoch, logs in enumerate(history[:epochs_done]):
             if epoch not in logged:
-                mlflow.log_metrics(logs, step=epoch)
+                mlflow.log_metrics(clean_metrics(logs), step=epoch)
 
     def finish(self, objective: float) -> None:
         metrics = mlflow.get_run(self.run_id).data.metrics
         log.info(
             "%s: test top-1 %.2f %%, top-5 %.2f %% (run %s)",
             self.job,
-            100 * metrics["test_top1"],
-            100 * metrics["test_top5"],
+            metrics["test_top1"],
+            metrics["test_top5"],
             self.run_id,
         )
         mlflow.end_run("FINISHED")

@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 from errors import UserError
 
 SQLITE_PREFIX = "sqlite:///"
+# MLflow 3's UI opens an experiment on its GenAI pages unless this tag says otherwise.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def _probe_folder(folder: Path, key: str) -> None:
@@ -74,17 +76,28 @@ def connect(tracking: DictConfig) -> str:
     try:
         experiment = mlflow.get_experiment_by_name(tracking.experiment)
         if experiment is not None:
+            _tag_kind(experiment)
             return experiment.experiment_id
         if artifacts is not None:
             location = artifacts.as_uri()
         try:
-            return mlflow.create_experiment(tracking.experiment, artifact_location=location)
+            return mlflow.create_experiment(
+                tracking.experiment, artifact_location=location, tags=EXPERIMENT_KIND
+            )
         except MlflowException:
             # A parallel job created it between our lookup and our create.
             experiment = mlflow.get_experiment_by_name(tracking.experiment)
             if experiment is None:
                 raise
+            _tag_kind(experiment)
             return experiment.experiment_id
     except MlflowException as error:
         first_line = str(error).strip().splitlines()[0]
         raise UserError(f"tracking.uri={uri}: the store refused ({first_line})") from None
+
+
+def _tag_kind(experiment) -> None:
+    """Tags an experiment that an earlier version of the repo created without the kind."""
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in experiment.tags:
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
