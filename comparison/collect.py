@@ -87,6 +87,17 @@ class SweepRecord:
     tracking_uri: str
     runs: tuple[RunRecord, ...]  # one per config identity, the latest started
     superseded: tuple[RunRecord, ...] = field(default=())  # older attempts of those configs
+    # Set when no sweep id was given: newer sweeps without a single run that were passed over.
+    skipped_empty: tuple[str, ...] | None = None
+
+    @property
+    def how_chosen(self) -> str:
+        if self.skipped_empty is None:
+            return f"sweep {self.sweep_id}"
+        text = f"sweep {self.sweep_id}: the latest with at least one run"
+        if self.skipped_empty:
+            text += f" (newer sweeps without runs skipped: {', '.join(self.skipped_empty)})"
+        return text
 
 
 def parse_overrides(text: str) -> dict[str, str]:
@@ -200,7 +211,11 @@ def load_sweep(tracking_uri: str, experiment: str, sweep_id: str | None) -> Swee
     client = MlflowClient(tracking_uri)
     with _store_errors(tracking_uri):
         experiment_id = _experiment_id(client, tracking_uri, experiment)
-        parent = _find_parent(client, experiment, experiment_id, sweep_id)
+        skipped = None
+        if sweep_id is None:
+            parent, skipped = _latest_with_runs(client, experiment, experiment_id)
+        else:
+            parent = _find_parent(client, experiment, experiment_id, sweep_id)
         sweep_id = parent.data.tags["sweep_id"]
         members = _search(
             client,
@@ -222,6 +237,34 @@ def load_sweep(tracking_uri: str, experiment: str, sweep_id: str | None) -> Swee
         tracking_uri=tracking_uri,
         runs=records,
         superseded=older,
+        skipped_empty=skipped,
+    )
+
+
+def _latest_with_runs(client: MlflowClient, experiment: str, experiment_id: str):
+    """The most recently started sweep that has a run, and the ids of newer empty ones.
+
+    A sweep stopped before its first job (killed, or from before configs were checked up
+    front) has only its parent: an empty report of it helps no one.
+    """
+    parents = _search(client, experiment_id, PARENT_FILTER, order_by=["attributes.start_time DESC"])
+    empty = []
+    for parent in parents:
+        sweep_id = parent.data.tags.get("sweep_id", "")
+        member = client.search_runs(
+            [experiment_id], f"tags.`sweep.{sweep_id}` = 'true'", max_results=1
+        )
+        if member:
+            return parent, tuple(empty)
+        empty.append(sweep_id)
+    detail = "holds no sweep (no parent run tagged sweep_parent=true)"
+    if parents:
+        detail = f"holds no sweep with a run yet (empty sweeps: {', '.join(empty)})"
+    raise StoreError(
+        "experiment",
+        experiment,
+        f"{detail}; run one with python train.py -m model=alexnet,vgg13 or pass the "
+        "experiment that has one",
     )
 
 
@@ -242,18 +285,8 @@ def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
     )
 
 
-def _find_parent(client: MlflowClient, experiment: str, experiment_id: str, sweep_id: str | None):
+def _find_parent(client: MlflowClient, experiment: str, experiment_id: str, sweep_id: str):
     latest_first = ["attributes.start_time DESC"]
-    if sweep_id is None:
-        parents = client.search_runs([experiment_id], PARENT_FILTER, order_by=latest_first)
-        if not parents:
-            raise StoreError(
-                "experiment",
-                experiment,
-                "holds no sweep (no parent run tagged sweep_parent=true); run one with "
-                "python train.py -m model=alexnet,vgg13 or pass the experiment that has one",
-            )
-        return parents[0]
     if not re.fullmatch(r"[A-Za-z0-9_-]+", sweep_id):
         raise StoreError(
             "sweep", sweep_id, "a sweep id is 12 hex digits; pass one like 3f2a9c0b1d4e"

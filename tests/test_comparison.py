@@ -27,6 +27,7 @@ from comparison.plots import (
 
 REPO = Path(__file__).resolve().parent.parent
 OLD, SWEEP, LR_SWEEP = "0000000000a0", "aaaaaaaaaaa1", "bbbbbbbbbbb2"
+EMPTY = "ddddddddddd4"  # the newest sweep: a parent whose jobs never started
 SUPERCLASSES = [
     "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
     "household_electrical_devices", "household_furniture", "insects", "large_carnivores",
@@ -236,6 +237,7 @@ def store(tmp_path_factory) -> Store:
             curve=(0.25, 0.5),
             metrics=finals(0.5 + index / 8, 0.75, 0.5, 50.0, 100.0, 1000.0 * (index + 1)),
         )
+    s.parent(EMPTY, "model=alexnet,vgg13", 4_000_000, "RUNNING")
     return s
 
 
@@ -338,12 +340,33 @@ def test_failed_and_running_runs_are_rows_with_their_status(report, store):
 
 
 def test_files_are_written_and_logged_to_the_parent(report, store):
-    names = {"comparison.md", "comparison.csv", *PNGS}
+    names = {"comparison.md", "comparison.html", "comparison.csv", *PNGS}
     assert {path.name for path in report.paths} == names
     assert all(path.stat().st_size > 0 for path in report.paths)
     assert report.logged_to == store.parents[SWEEP]
     logged = store.client.list_artifacts(store.parents[SWEEP], "comparison")
     assert {Path(item.path).name for item in logged} == names
+
+
+def test_the_html_page_holds_the_table_and_every_figure(report):
+    page = report.html.read_text()
+    assert "<table>" in page and "56.25 ± 8.84" in page
+    # Self-contained: each figure is embedded, nothing is fetched from beside the file.
+    assert page.count('src="data:image/png;base64,') == len(PNGS)
+    assert not any(f'src="{name}"' in page for name in PNGS)
+
+
+def test_the_parent_run_shows_the_short_table_and_per_row_metrics(report, store):
+    parent = store.client.get_run(store.parents[SWEEP])
+    note = parent.data.tags["mlflow.note.content"]
+    assert "| architecture | test top-1 (%) |" in note
+    assert "| alexnet | 56.25 ± 8.84 |" in note
+    assert "FAILED" in note and "comparison/comparison.html" in note
+    metrics = parent.data.metrics
+    assert metrics["test_top1.alexnet"] == 56.25
+    assert metrics["test_top1.resnet18"] == 65.625
+    assert metrics["best_test_top1"] == max(v for k, v in metrics.items() if "." in k)
+    assert not [key for key in metrics if "FAILED" in key or "RUNNING" in key]
 
 
 def test_png_metadata_counts_the_series(report):
@@ -361,7 +384,8 @@ def test_png_metadata_counts_the_series(report):
 
 def test_a_varied_override_splits_rows(store, tmp_path):
     latest = build_report(store.uri, "cifar100", None, tmp_path, log_to_parent=False)
-    assert latest.sweep_id == LR_SWEEP
+    # The newest sweep never ran a job: the latest one with runs is compared instead.
+    assert latest.sweep_id == LR_SWEEP and latest.sweep.skipped_empty == (EMPTY,)
     assert latest.logged_to is None
     assert store.client.list_artifacts(store.parents[LR_SWEEP]) == []
     assert latest.varied_keys == ("optimizer.lr",)
@@ -401,6 +425,16 @@ def test_cli_rebuilds_the_same_table_in_a_fresh_process(store, report, tmp_path)
     assert (out / "comparison.csv").read_text() == report.csv.read_text()
     assert (out / "comparison.md").read_text() == report.markdown.read_text()
     assert "ValueError: loss is NaN" in result.stdout and "56.25 ± 8.84" in result.stdout
+
+
+def test_cli_says_which_sweep_it_picked_as_the_latest(store, tmp_path, capsys):
+    argv = ["--tracking-uri", store.uri, "--out", str(tmp_path), "--no-log"]
+    assert compare.main(argv) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        f"sweep {LR_SWEEP}: the latest with at least one run "
+        f"(newer sweeps without runs skipped: {EMPTY})"
+    )
 
 
 def test_cli_missing_store_is_one_line_and_creates_nothing(tmp_path):

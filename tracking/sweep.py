@@ -23,8 +23,10 @@ from mlflow.entities import RunStatus
 from omegaconf import DictConfig
 
 from comparison import build_report
+from errors import UserError
 from tracking.params import public_overrides
 from tracking.store import connect
+from tracking.sweep_plan import check_jobs_compose, describe, planned_jobs
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +69,17 @@ def read_outcomes(sweep_dir: str | Path) -> list[dict]:
 
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        experiment_id = connect(config.tracking)
         overrides = list(config.hydra.overrides.task)
+        # Before the parent exists: a sweep whose configs do not compose leaves no trace.
+        jobs = planned_jobs(config)
+        if jobs is not None:
+            try:
+                check_jobs_compose(config, jobs)
+            except UserError as error:
+                # Hydra turns a callback's exception into a warning and runs on; this ends it.
+                log.error("%s", error)
+                raise SystemExit(2) from None
+        experiment_id = connect(config.tracking)
         backend = keras.backend.backend()
         sweep_id = sweep_id_for(overrides, config.resume, backend)
         client = mlflow.MlflowClient()
@@ -79,14 +90,17 @@ class SweepCallback(Callback):
             parent_run_id = existing[0].info.run_id
             client.update_run(parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         else:
+            command = " ".join(public_overrides(overrides))
             parent_run_id = client.create_run(
                 experiment_id,
-                run_name=f"sweep-{sweep_id}",
+                run_name=f"sweep {describe(jobs, overrides, config.model.name)} · {sweep_id[:6]}",
                 tags={
                     "sweep_id": sweep_id,
                     "sweep_parent": "true",
-                    "sweep_overrides": " ".join(public_overrides(overrides)),
+                    "sweep_overrides": command,
                     "backend": backend,
+                    # The description, until the comparison replaces it at the end.
+                    "mlflow.note.content": f"`python train.py -m {command}`",
                 },
             ).info.run_id
         sweep_dir = Path(config.hydra.sweep.dir)
