@@ -60,7 +60,7 @@ class RunRecord:
     tags: Mapping[str, str]
     params: Mapping[str, str]
     metrics: Mapping[str, float]  # latest value of each metric; finals are logged once
-    val_top1: tuple[float, ...]  # per epoch from 0, NaN where an epoch is missing
+    val_top1: tuple[float, ...]  # per epoch (step 1 first), NaN where an epoch is missing
     superclass_top1: Mapping[str, float] = field(default_factory=dict)  # test top-1 (%)
 
     @property
@@ -365,11 +365,12 @@ def _superclass_table(client: MlflowClient, run: Run) -> dict[str, float]:
 
 
 def _curve(client: MlflowClient, run_id: str) -> tuple[float, ...]:
-    """val_top1 by epoch; a step logged twice (a resume re-logs it) keeps the latest value."""
+    """val_top1 by epoch (steps from 1); a step logged twice (a resume re-logs it) keeps the
+    latest value."""
     by_step: dict[int, float] = {}
     history = client.get_metric_history(run_id, "val_top1")
     for metric in sorted(history, key=lambda m: m.timestamp):
         by_step[metric.step] = metric.value
     if not by_step:
         return ()
-    return tuple(by_step.get(step, math.nan) for step in range(max(by_step) + 1))
+    return tuple(by_step.get(step, math.nan) for step in range(1, max(by_step) + 1))

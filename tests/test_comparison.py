@@ -44,7 +44,7 @@ def finals(top1, top5, best_val, seconds, ips, params, epochs=3.0):
         "test_top1": top1 * 100,
         "test_top5": top5 * 100,
         "best_val_top1": best_val * 100,
-        "best_epoch": epochs - 1,
+        "best_epoch": epochs,
         "epochs_run": epochs,
         "train_seconds": seconds,
         "train_images_per_second": ips,
@@ -121,7 +121,7 @@ class Store:
         history = []
         for epoch, value in enumerate(curve):
             for name, v in (("val_top1", 100 * value), ("loss", 4.0 - epoch)):
-                history.append(Metric(name, v, start + epoch, epoch))
+                history.append(Metric(name, v, start + epoch, epoch + 1))
         finals, superclasses = metrics if isinstance(metrics, tuple) else (metrics or {}, {})
         final = [Metric(k, v, start + 100, 0) for k, v in finals.items()]
         self.client.log_batch(

@@ -152,7 +152,7 @@ class TrackedJob:
         return True
 
     def continue_from(self, epochs_done: int, history: list[dict]) -> None:
-        """Makes a resumed run's curves hold epochs 0..epochs_done-1 once each, then trains on.
+        """Makes a resumed run's curves hold epochs 1..epochs_done once each, then trains on.
 
         Epochs the checkpoint holds but the store lost with the kill are logged again. Epochs
         the store holds past the checkpoint (its newer ones were unreadable) cannot be taken
@@ -160,7 +160,7 @@ class TrackedJob:
         """
         client = mlflow.MlflowClient()
         logged = {m.step for m in client.get_metric_history(self.run_id, "loss")}
-        if any(step >= epochs_done for step in logged):
+        if any(step > epochs_done for step in logged):
             old_run_id = self.run_id
             mlflow.end_run("KILLED")
             self.resuming = False
@@ -170,12 +170,12 @@ class TrackedJob:
                 "%s: run %s logged %d epochs but the checkpoint holds %d; run %s takes over",
                 self.job,
                 old_run_id,
-                max(logged) + 1,
+                max(logged),
                 epochs_done,
                 self.run_id,
             )
             logged = set()
-        for epoch, logs in enumerate(history[:epochs_done]):
+        for epoch, logs in enumerate(history[:epochs_done], start=1):
             if epoch not in logged:
                 mlflow.log_metrics(clean_metrics(logs), step=epoch)
 

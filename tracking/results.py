@@ -62,7 +62,7 @@ def log_results(fit_result, evaluation, data, model_id=None, test_dataset=None) 
         clean_metrics(
             {
                 "best_val_top1": fit_result.best_val_top1,
-                "best_epoch": fit_result.best_epoch,
+                "best_epoch": fit_result.best_epoch + 1,  # 1-based, as Keras prints it
                 "epochs_run": fit_result.epochs_run,
                 "train_seconds": fit_result.train_seconds,
                 "train_images_per_second": fit_result.images_per_second,
