@@ -19,6 +19,7 @@ from data.cifar100 import load_cifar100  # noqa: E402
 from tracking.datasets import log_datasets  # noqa: E402
 from tracking.job import TrackedJob  # noqa: E402
 from tracking.logged_model import log_best_model  # noqa: E402
+from tracking.mlflow_metrics import MlflowMetrics  # noqa: E402
 from tracking.results import log_results, run_tags  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.fit import build_model, fit  # noqa: E402
@@ -40,7 +41,15 @@ def main(cfg: DictConfig) -> float:
             model = build_model(cfg, data)
             job.start(run_tags(cfg, data), model)
             datasets = log_datasets(data)
-            result = fit(model, data, cfg, job)
+            result = fit(
+                model,
+                data,
+                cfg,
+                job.checkpoint_dir,
+                resume=job.resuming,
+                on_resume=job.continue_from,
+                callbacks=[MlflowMetrics()],
+            )
 
         evaluation = evaluate(result.best_checkpoint, data, cfg.trainer.batch_size)
         model_id = log_best_model(result.best_checkpoint, data, job.name, cfg.tracking.register)
