@@ -26,7 +26,13 @@ from comparison.plots import (
     write_plots,
 )
 from comparison.reference import REFERENCE
-from comparison.summary import HTML, parent_description, parent_metrics, render_html
+from comparison.summary import (
+    HTML,
+    leaderboard_view,
+    parent_description,
+    parent_metrics,
+    render_html,
+)
 from comparison.table import Row, build_rows, cells, headers, markdown_table, varied_keys, write_csv
 from errors import UserError
 
@@ -111,6 +117,7 @@ def write_report(
 def _describe_parent(sweep: SweepRecord, rows: Sequence[Row]) -> None:
     """What the parent's own page shows: the short table as its description, and metrics."""
     client = MlflowClient(sweep.tracking_uri)
+    client.set_experiment_tag(sweep.experiment_id, *leaderboard_view(sweep))
     client.set_tag(sweep.parent_run_id, "mlflow.note.content", parent_description(sweep, rows))
     for name, value in parent_metrics(rows).items():
         client.log_metric(sweep.parent_run_id, name, value)

@@ -3,6 +3,7 @@ sweep's parent run a Markdown description (the short table) and one metric per r
 
 import base64
 import html
+import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -52,6 +53,35 @@ def short_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+# MLflow's "Share" view: an experiment tag the runs page reads for ?viewStateShareKey=<key>.
+SHARED_VIEW_TAG = "mlflow.sharedViewState."
+LEADERBOARD_COLUMNS = (
+    "attributes.`Dataset`",
+    "attributes.`Models`",
+    "metrics.`test_top1`",
+    "metrics.`test_top5`",
+    "metrics.`best_val_top1`",
+    "metrics.`train_seconds`",
+    "metrics.`train_images_per_second`",
+)
+
+
+def leaderboard_view(sweep: SweepRecord) -> tuple[str, str]:
+    """(experiment tag, value): the sweep's runs flat (not folded under the parent), best
+    test top-1 first, with the final metrics as columns."""
+    state = {
+        "searchFilter": f"tags.`sweep.{sweep.sweep_id}` = 'true'",
+        "orderByKey": "metrics.`test_top1`",
+        "orderByAsc": False,
+        "selectedColumns": list(LEADERBOARD_COLUMNS),
+    }
+    return SHARED_VIEW_TAG + sweep.sweep_id, json.dumps(state)
+
+
+def leaderboard_route(sweep: SweepRecord) -> str:
+    return f"#/experiments/{sweep.experiment_id}/runs?viewStateShareKey={sweep.sweep_id}"
+
+
 def parent_description(sweep: SweepRecord, rows: Sequence[Row]) -> str:
     """The parent run's description (`mlflow.note.content`): command, short table, pointer."""
     command = f"python train.py -m {sweep.overrides}".strip()
@@ -62,6 +92,7 @@ def parent_description(sweep: SweepRecord, rows: Sequence[Row]) -> str:
             "",
             table,
             "",
+            f"[Every run of this sweep, best test top-1 first]({leaderboard_route(sweep)}). "
             "Accuracies in %, mean ± sample std over seeds. The full comparison with figures "
             "is `comparison/comparison.html` under Artifacts; rebuild it with "
             f"`python compare.py --sweep {sweep.sweep_id}`.",

@@ -28,7 +28,7 @@ from tracking.ui import chromium_page, mlflow_server  # noqa: E402
 
 # A page is ready once this text shows; then a short settle for charts to draw.
 PAGES = {
-    "runs-table": ("#/experiments/{experiment}/runs", "{model}"),
+    "runs-table": ("#/experiments/{experiment}/runs?viewStateShareKey={sweep}", "{model}"),
     "chart-view": ("#/experiments/{experiment}/runs?compareRunsMode=CHART", "val_top1"),
     "child-run": ("#/experiments/{experiment}/runs/{child}", "test_top1"),
     "child-metrics": ("#/experiments/{experiment}/runs/{child}/model-metrics", "val_top1"),
@@ -71,7 +71,16 @@ def ids(args) -> dict[str, str]:
         "parent": sweep.parent_run_id,
         "child": child.run_id,
         "model": args.model,
+        "sweep": sweep.sweep_id,
     }
+
+
+def _tidy(page) -> None:
+    """Closes the assistant panel and the shared-view banner, which hide half the page."""
+    for label in ("Close", "Hide banner"):
+        button = page.locator(f'button[aria-label="{label}"]')
+        if button.count():
+            button.first.click()
 
 
 def take(args) -> list[Path]:
@@ -83,6 +92,7 @@ def take(args) -> list[Path]:
             route, ready = PAGES[name]
             page.goto(f"{url}/{route.format(**values)}")
             page.get_by_text(ready.format(**values)).first.wait_for(timeout=60_000)
+            _tidy(page)
             page.wait_for_timeout(2500)  # charts animate in
             path = args.out / f"{args.prefix}{name}.png"
             save_small(page.screenshot(), path)
