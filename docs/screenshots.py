@@ -87,7 +87,10 @@ def take(args) -> list[Path]:
     values = ids(args)
     args.out.mkdir(parents=True, exist_ok=True)
     written = []
-    with mlflow_server(args.tracking_uri) as url, chromium_page(args.width, args.height) as page:
+    with (
+        mlflow_server(args.tracking_uri, timeout=600) as url,
+        chromium_page(args.width, args.height) as page,
+    ):
         for name in args.pages:
             route, ready = PAGES[name]
             page.goto(f"{url}/{route.format(**values)}")
