@@ -37,7 +37,9 @@ def main(cfg: DictConfig) -> float:
     start_devices()
 
     from data.cifar100 import load_cifar100
+    from tracking.datasets import log_datasets
     from tracking.job import TrackedJob
+    from tracking.logged_model import log_best_model
     from tracking.mlflow_metrics import MlflowMetrics
     from tracking.results import log_results, run_tags
     from training import device as devices
@@ -64,6 +66,7 @@ def main(cfg: DictConfig) -> float:
             model = build_model(cfg, data)
             tags = {**device.tags(), **devices.software_versions()}
             job.start(run_tags(cfg, data, tags), model)
+            datasets = log_datasets(data)
             result = fit(
                 model,
                 data,
@@ -75,7 +78,8 @@ def main(cfg: DictConfig) -> float:
             )
 
         evaluation = evaluate(result.best_checkpoint, data, cfg.trainer.batch_size)
-        log_results(result, evaluation, data)
+        model_id = log_best_model(result.best_checkpoint, data, job.name, cfg.tracking.register)
+        log_results(result, evaluation, data, model_id, datasets["test"])
         job.finish(result.best_val_top1)
     return job.objective
 

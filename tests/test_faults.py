@@ -215,7 +215,7 @@ def no_store(state):
 
 def one_finished(*models, epochs=2):
     def check(state):
-        assert finished(state) == {m: list(range(epochs)) for m in models}, state
+        assert finished(state) == {m: list(range(1, epochs + 1)) for m in models}, state
 
     return check
 
@@ -506,7 +506,7 @@ def act_sigterm(ctx):
     ((model, status, steps, run_id),) = state["jobs"]
     assert status == "KILLED" and state["parents"] == ["KILLED"], state
     newest = int(_newest_epoch(ctx).stem.removeprefix("epoch-"))
-    assert newest >= 2 and set(steps) <= set(range(newest)), (newest, steps)
+    assert newest >= 2 and set(steps) <= set(range(1, newest + 1)), (newest, steps)
     rerun, again = ctx.train(*LONG)
     assert rerun == 0 and f"resuming run {run_id}" in again, again[-3000:]
     return code, text
@@ -536,7 +536,7 @@ def act_live_owner(ctx):
 
 def untouched(state):
     ((model, status, steps, _),) = state["jobs"]
-    assert (status, steps) == ("KILLED", [0, 1]), state
+    assert (status, steps) == ("KILLED", [1, 2]), state
 
 
 def _lease(ctx, host: str, slurm: str = "") -> None:

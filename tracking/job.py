@@ -26,12 +26,14 @@ from tracking.owner import Ownership
 from tracking.params import (
     config_identity,
     flatten_params,
+    machine_tags,
     public_config,
     public_overrides,
 )
 from tracking.results import log_model_summary
 from tracking.store import connect
 from tracking.sweep import current_sweep, write_outcome
+from tracking.values import clean_metrics
 
 log = logging.getLogger("train")
 
@@ -118,7 +120,7 @@ class TrackedJob:
         """Opens the MLflow run (new, or the interrupted twin) and logs what defines it."""
         self.tags, self.model = tags, model  # for a run that takes over (continue_from)
         if self.resuming:
-            run = mlflow.start_run(run_id=self.run_id)
+            run = mlflow.start_run(run_id=self.run_id, log_system_metrics=self._system_metrics())
             if self.sweep is not None:
                 mlflow.set_tag(f"sweep.{self.sweep.sweep_id}", "true")
             log.info("%s: resuming run %s", self.job, self.run_id)
@@ -149,15 +151,25 @@ class TrackedJob:
                 "model": self.name,
                 "overrides": " ".join(public_overrides(HydraConfig.get().overrides.task)),
                 **sweep_tags,
+                **machine_tags(self.cfg),
                 **tags,
             },
+            log_system_metrics=self._system_metrics(),
         )
         self.run_id = run.info.run_id
         mlflow.log_params(flatten_params(self.cfg))
         mlflow.log_text(OmegaConf.to_yaml(public_config(self.cfg)), "config.yaml")
 
+    def _system_metrics(self) -> bool:
+        """CPU, memory (psutil) and GPU (nvidia-ml-py, where present) beside the curves."""
+        settings = self.cfg.tracking.get("system_metrics")
+        if not settings or not settings.enabled:
+            return False
+        mlflow.set_system_metrics_sampling_interval(settings.interval_seconds)
+        return True
+
     def continue_from(self, epochs_done: int, history: list[dict]) -> None:
-        """Makes a resumed run's curves hold epochs 0..epochs_done-1 once each, then trains on.
+        """Makes a resumed run's curves hold epochs 1..epochs_done once each, then trains on.
 
         Epochs the checkpoint holds but the store lost with the kill are logged again. Epochs
         the store holds past the checkpoint (its newer ones were unreadable) cannot be taken
@@ -165,7 +177,7 @@ class TrackedJob:
         """
         client = mlflow.MlflowClient()
         logged = {m.step for m in client.get_metric_history(self.run_id, "loss")}
-        if any(step >= epochs_done for step in logged):
+        if any(step > epochs_done for step in logged):
             old_run_id = self.run_id
             mlflow.end_run("KILLED")
             self.resuming = False
@@ -175,22 +187,22 @@ class TrackedJob:
                 "%s: run %s logged %d epochs but the checkpoint holds %d; run %s takes over",
                 self.job,
                 old_run_id,
-                max(logged) + 1,
+                max(logged),
                 epochs_done,
                 self.run_id,
             )
             logged = set()
-        for epoch, logs in enumerate(history[:epochs_done]):
+        for epoch, logs in enumerate(history[:epochs_done], start=1):
             if epoch not in logged:
-                mlflow.log_metrics(logs, step=epoch)
+                mlflow.log_metrics(clean_metrics(logs), step=epoch)
 
     def finish(self, objective: float) -> None:
         metrics = mlflow.get_run(self.run_id).data.metrics
         log.info(
             "%s: test top-1 %.2f %%, top-5 %.2f %% (run %s)",
             self.job,
-            100 * metrics["test_top1"],
-            100 * metrics["test_top5"],
+            metrics["test_top1"],
+            metrics["test_top5"],
             self.run_id,
         )
         mlflow.end_run("FINISHED")

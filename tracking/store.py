@@ -68,6 +68,10 @@ def check_sqlite_file(uri: str, must_exist: bool = False) -> None:
         )
 
 
+# MLflow 3's UI opens an experiment on its GenAI pages unless this tag says otherwise.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def _probe_folder(folder: Path, key: str) -> None:
     """Writes and removes a file: os.access says yes to root even on read-only mounts."""
     try:
@@ -137,6 +141,7 @@ def connect(tracking: DictConfig, must_exist: bool = False) -> str:
     try:
         experiment = mlflow.get_experiment_by_name(tracking.experiment)
         if experiment is not None:
+            _tag_kind(experiment)
             return experiment.experiment_id
         if must_exist:
             raise UserError(
@@ -146,12 +151,22 @@ def connect(tracking: DictConfig, must_exist: bool = False) -> str:
         if artifacts is not None:
             location = artifacts.as_uri()
         try:
-            return mlflow.create_experiment(tracking.experiment, artifact_location=location)
+            return mlflow.create_experiment(
+                tracking.experiment, artifact_location=location, tags=EXPERIMENT_KIND
+            )
         except MlflowException:
             # A parallel job created it between our lookup and our create.
             experiment = mlflow.get_experiment_by_name(tracking.experiment)
             if experiment is None:
                 raise
+            _tag_kind(experiment)
             return experiment.experiment_id
     except MlflowException as error:
         raise UserError(f"tracking.uri={uri}: the store refused ({one_line(error)})") from None
+
+
+def _tag_kind(experiment) -> None:
+    """Tags an experiment that an earlier version of the repo created without the kind."""
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in experiment.tags:
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)

@@ -25,6 +25,9 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from errors import UserError
+from tracking.sweep_plan import check_jobs_compose, describe, planned_jobs
+
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = "mlflow_sweep.json"
@@ -99,6 +102,15 @@ def read_outcomes(sweep_dir: str | Path) -> list[dict]:
 
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        # Before the parent exists: a sweep whose configs do not compose leaves no trace.
+        jobs = planned_jobs(config)
+        if jobs is not None:
+            try:
+                check_jobs_compose(config, jobs)
+            except UserError as error:
+                # Hydra turns a callback's exception into a warning and runs on; this ends it.
+                log.error("%s", error)
+                raise SystemExit(2) from None
         sweep_dir = Path(config.hydra.sweep.dir)
         LAUNCH.sweep_dir, LAUNCH.tracking, LAUNCH.store_error = sweep_dir, config.tracking, None
         # A parent from an earlier launch into this folder must not be picked up by the jobs.
@@ -107,12 +119,12 @@ class SweepCallback(Callback):
         for stale in sweep_dir.glob(f"*/{OUTCOME_FILE}"):
             stale.unlink()
         try:
-            self._open_parent(config, sweep_dir)
+            self._open_parent(config, sweep_dir, jobs)
         except Exception as error:
             LAUNCH.store_error = " ".join(str(error).split())
             log.error("sweep: no parent run (%s)", LAUNCH.store_error)
 
-    def _open_parent(self, config: DictConfig, sweep_dir: Path) -> None:
+    def _open_parent(self, config: DictConfig, sweep_dir: Path, jobs) -> None:
         from cli.quiet import start_backend
 
         # First, so TensorFlow starts quietly; the backend is part of the sweep's identity.
@@ -134,14 +146,17 @@ class SweepCallback(Callback):
             parent_run_id = existing[0].info.run_id
             client.update_run(parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         else:
+            command = " ".join(public_overrides(overrides))
             parent_run_id = client.create_run(
                 experiment_id,
-                run_name=f"sweep-{sweep_id}",
+                run_name=f"sweep {describe(jobs, overrides, config.model.name)} · {sweep_id[:6]}",
                 tags={
                     "sweep_id": sweep_id,
                     "sweep_parent": "true",
-                    "sweep_overrides": " ".join(public_overrides(overrides)),
+                    "sweep_overrides": command,
                     "backend": backend,
+                    # The description, until the comparison replaces it at the end.
+                    "mlflow.note.content": f"`python train.py -m {command}`",
                 },
             ).info.run_id
         sweep_dir = Path(config.hydra.sweep.dir)
@@ -149,8 +164,8 @@ class SweepCallback(Callback):
         sweep = Sweep(sweep_id, parent_run_id, experiment_id, count_jobs(config))
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(asdict(sweep)))
         count = sweep.job_count
-        jobs = "? jobs" if count is None else f"{count} job{'' if count == 1 else 's'}"
-        log.info("sweep %s: %s · parent run %s", sweep_id, jobs, parent_run_id)
+        counted = "? jobs" if count is None else f"{count} job{'' if count == 1 else 's'}"
+        log.info("sweep %s: %s · parent run %s", sweep_id, counted, parent_run_id)
         uri = config.tracking.uri
         log.info("store %s · ui: mlflow ui --backend-store-uri %s", uri, uri)
 
