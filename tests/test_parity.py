@@ -225,6 +225,8 @@ def test_parity_harness_runs_both_frameworks_end_to_end(tmp_path, data_cache):
     for key in ("keras_val_top1", "torch_val_top1", "torch_test_top1"):
         assert 0 <= row[key] <= 1
     assert 0 <= summary["keras_test_top1"]["0"] <= 1
+    keras_run = json.loads((out / "keras-seed0.json").read_text())
+    assert [e["epoch"] for e in keras_run["epochs"]] == [1]  # the store's steps count from 1
     torch_run = json.loads((out / "torch-seed0.json").read_text())
     assert torch_run["recipe"]["weight_decay"] == 5e-4 and torch_run["recipe"]["lr"] == 0.1
     assert (out / "curves.csv").read_text().startswith("epoch,keras_val_top1")

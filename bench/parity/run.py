@@ -96,13 +96,15 @@ def run_keras(overrides: list[str], seed: int, out: Path) -> dict:
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
     experiment = client.get_experiment_by_name("cifar100")
     (run,) = client.search_runs([experiment.experiment_id])
+    # The store counts epochs from 1 and holds accuracies in %; the comparison uses fractions.
     curves: dict[int, dict] = {}
     for key in ("loss", "top1", "val_top1", "val_loss", "epoch_seconds"):
+        scale = 0.01 if key.endswith("top1") else 1.0
         for metric in client.get_metric_history(run.info.run_id, key):
-            curves.setdefault(metric.step + 1, {"epoch": metric.step + 1})[key] = metric.value
+            curves.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value * scale
     return {
         "epochs": [curves[e] for e in sorted(curves)],
-        "test_top1": run.data.metrics["test_top1"],
+        "test_top1": run.data.metrics["test_top1"] / 100,
         "command": " ".join(command[1:]),
     }
 
