@@ -15,7 +15,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before Keras imports Tenso
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from callbacks.trial_pruning import TrialPruning  # noqa: E402
 from data.cifar100 import load_cifar100  # noqa: E402
+from hydra_plugins.cifar_optuna.trial import job_trial, link_run, trial_tags  # noqa: E402
 from tracking.job import TrackedJob  # noqa: E402
 from tracking.results import log_results, run_tags  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
@@ -32,13 +34,21 @@ def main(cfg: DictConfig) -> float:
         if job.finished:
             return job.reuse_finished()
 
+        trial = job_trial(cfg.search)  # the Optuna trial this job is, in a search
         start_session(cfg.trainer.precision, cfg.seed)
         data = load_cifar100(cfg.data, seed=cfg.seed)
         with distribution_scope(cfg.trainer.distribution):
             model = build_model(cfg, data)
-            job.start(run_tags(cfg, data), model)
-            result = fit(model, data, cfg, job)
+            job.start({**run_tags(cfg, data), **trial_tags(cfg.search)}, model)
+            pruning = []
+            if trial is not None:
+                link_run(trial, job.run_id, cfg.trainer.epochs)
+                pruning = [TrialPruning(trial, cfg.trainer.checkpoint_monitor)]
+            result = fit(model, data, cfg, job, callbacks=pruning)
 
+        if pruning and pruning[0].pruned:
+            job.prune(result, pruning[0].pruned_at)
+            return job.objective
         evaluation = evaluate(result.best_checkpoint, data, cfg.trainer.batch_size)
         log_results(result, evaluation, data)
         job.finish(result.best_val_top1)

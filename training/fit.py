@@ -8,6 +8,7 @@ epochs. Every epoch is checkpointed, so a resumed job picks up mid-stage.
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,8 +119,16 @@ def _early_stopping(cfg: DictConfig) -> list[keras.callbacks.Callback]:
     ]
 
 
-def fit(model: keras.Model, data: Cifar100, cfg: DictConfig, job) -> FitResult:
-    """Trains through every stage, resuming from `job.checkpoint_dir` when the job resumes."""
+def fit(
+    model: keras.Model,
+    data: Cifar100,
+    cfg: DictConfig,
+    job,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> FitResult:
+    """Trains through every stage, resuming from `job.checkpoint_dir` when the job resumes.
+
+    The extra `callbacks` run last each epoch; one that stops training ends every stage."""
     trainer = cfg.trainer
     steps_per_epoch = math.ceil(len(data.train.labels) / trainer.batch_size)
     best = BestCheckpoint(job.checkpoint_dir / "best.keras", trainer.checkpoint_monitor)
@@ -163,11 +172,12 @@ def fit(model: keras.Model, data: Cifar100, cfg: DictConfig, job) -> FitResult:
                 best,
                 epochs,
                 MlflowMetrics(),
+                *callbacks,
             ],
             verbose=trainer.verbose,
         )
         _check_finite(epochs.state.history, cfg)
-        if early_stopping and early_stopping[0].stopped_epoch:
+        if model.stop_training:  # early stopping, or a pruned trial
             break
     history = epochs.state.history
     if best.best is None:
