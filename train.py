@@ -43,7 +43,7 @@ def main(cfg: DictConfig) -> float:
             pruning = []
             if trial is not None:
                 link_run(trial, job.run_id, cfg.trainer.epochs)
-                pruning = [TrialPruning(trial, cfg.trainer.checkpoint_monitor)]
+                pruning = [TrialPruning(trial, cfg.trainer.epochs, cfg.trainer.checkpoint_monitor)]
             result = fit(model, data, cfg, job, callbacks=pruning)
 
         if pruning and pruning[0].pruned:

@@ -13,12 +13,14 @@ class TrialPruning(keras.callbacks.Callback):
 
     When the study's pruner says so, it marks the trial (`pruned_at_epoch`, the epochs it ran)
     and stops training at the end of that epoch. The sweeper then tells the study the trial
-    was pruned; the caller ends the tracked run.
+    was pruned; the caller ends the tracked run. The last of the run's `epochs` is never
+    pruned: stopping there saves nothing, and the study gets a complete trial.
     """
 
-    def __init__(self, trial, monitor: str = "val_top1"):
+    def __init__(self, trial, epochs: int, monitor: str = "val_top1"):
         super().__init__()
         self.trial = trial
+        self.epochs = epochs
         self.monitor = monitor
         self.pruned_at: int | None = None
 
@@ -31,7 +33,7 @@ class TrialPruning(keras.callbacks.Callback):
         if value is None or not math.isfinite(float(value)):
             return  # a diverged epoch: StopOnDivergence and the failure path handle it
         self.trial.report(float(value), epoch)
-        if self.trial.should_prune():
+        if epoch + 1 < self.epochs and self.trial.should_prune():
             self.pruned_at = epoch + 1
             self.trial.set_user_attr(PRUNED_AT, self.pruned_at)
             self.model.stop_training = True
