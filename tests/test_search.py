@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from conftest import REPO, Store, output, train_cli
 from hydra import compose, initialize_config_dir
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
@@ -41,6 +42,8 @@ SEARCH = (
 
 
 def _study(root: Path) -> optuna.Study:
+    if not (root / "optuna.db").exists():  # opening it would create it
+        raise LookupError(f"no study in {root} yet")
     storage = f"sqlite:///{root}/optuna.db"
     (name,) = optuna.get_all_study_names(storage)
     return optuna.load_study(study_name=name, storage=storage)
@@ -137,21 +140,21 @@ def _wait_for(condition, process, timeout: float = 600):
         try:
             if condition():
                 return
-        except (ValueError, KeyError, optuna.exceptions.StorageInternalError):
-            pass  # no study yet
+        except (LookupError, ValueError, sqlalchemy.exc.OperationalError):
+            pass  # no study, trial or owner yet, or the database is busy
         time.sleep(1)
     raise AssertionError("timed out")
 
 
 @pytest.mark.slow
 def test_killed_search_is_finished_by_two_workers_without_duplicates(tmp_path, data_cache):
-    """SIGKILL after 3 trials; the same command, started twice on the shared store, resumes the
-    interrupted trial's run and finishes the study's n_trials between the two workers."""
+    """SIGKILL after 3 trials; the same command, started twice at once on the shared store,
+    resumes the interrupted trial's run and finishes the study's n_trials between the two."""
     store_root = tmp_path / "store"
     folders = [tmp_path / name for name in ("killed", "first", "second")]
     for folder in folders:
         folder.mkdir()
-    args = ("hydra.sweeper.n_trials=5",)
+    args = ("hydra.sweeper.n_trials=6",)
     killed = _popen_search(folders[0], data_cache, *args, tracking_root=store_root)
 
     def three_done_and_fourth_training():
@@ -169,37 +172,28 @@ def test_killed_search_is_finished_by_two_workers_without_duplicates(tmp_path, d
     (interrupted,) = [t for t in _study(store_root).get_trials() if t.state == TrialState.RUNNING]
     interrupted_run = interrupted.user_attrs["mlflow_run_id"]
 
-    first = _popen_search(folders[1], data_cache, *args, tracking_root=store_root)
-    second = None
+    # Both at once: they race for the interrupted trial; one takes it over, the other asks anew.
+    workers = [
+        _popen_search(folder, data_cache, *args, tracking_root=store_root) for folder in folders[1:]
+    ]
     try:
-        # The second worker joins once the first has taken over the interrupted trial.
-        _wait_for(
-            lambda: (
-                _study(store_root)
-                .trials[interrupted.number]
-                .system_attrs["cifar_optuna:owner"]
-                .endswith(f":{first.pid}")
-            ),
-            first,
-        )
-        second = _popen_search(folders[2], data_cache, *args, tracking_root=store_root)
-        assert second.wait(timeout=900) == 0, (folders[2] / "search.log").read_text()[-4000:]
-        assert first.wait(timeout=900) == 0, (folders[1] / "search.log").read_text()[-4000:]
+        for worker, folder in zip(workers, folders[1:], strict=True):
+            assert worker.wait(timeout=900) == 0, (folder / "search.log").read_text()[-4000:]
     finally:
-        for process in (first, second):
-            if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-    first_log = (folders[1] / "search.log").read_text()
-    assert f"trial {interrupted.number} was interrupted" in first_log
-    assert f"resuming run {interrupted_run}" in first_log
+        for worker in workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+    logs = [(folder / "search.log").read_text() for folder in folders[1:]]
+    (resumer,) = [log for log in logs if f"trial {interrupted.number} was interrupted" in log]
+    assert f"resuming run {interrupted_run}" in resumer
 
     study = _study(store_root)
     trials = _counted(study)
-    assert sorted(t.number for t in trials) == list(range(5))
+    assert sorted(t.number for t in trials) == list(range(6))
     assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert study.trials[interrupted.number].user_attrs["mlflow_run_id"] == interrupted_run
     owners = {t.system_attrs["cifar_optuna:owner"].rpartition(":")[2] for t in trials}
-    assert {str(first.pid), str(second.pid)} <= owners  # both workers ran trials
+    assert {str(worker.pid) for worker in workers} <= owners  # both workers ran trials
     _assert_one_run_per_trial(Store(store_root), study)
 
 

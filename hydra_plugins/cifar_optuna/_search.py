@@ -182,9 +182,14 @@ class Search:
         return trial.number, self.space.suggest(trial)
 
     def _claim(self, trial: FrozenTrial) -> bool:
+        """Owns an orphan unless another worker got there first. A claim is a write, then a
+        read half a second later; a worker that reads a live owner just before writing backs
+        off, so two never both see their own claim."""
         tid = trial_id(self.storage, self.study_name, trial.number)
+        if not is_orphan(self.storage.get_trial(tid), self.grace_period_s):
+            return False
         self.heartbeat.own(tid)
-        time.sleep(0.5)  # another rerun claiming the same orphan: the last writer wins
+        time.sleep(0.5)
         if self.storage.get_trial(tid).system_attrs.get(OWNER) == me():
             return True
         self.heartbeat.release(tid)
