@@ -19,6 +19,7 @@ from callbacks.trial_pruning import TrialPruning  # noqa: E402
 from data.cifar100 import load_cifar100  # noqa: E402
 from hydra_plugins.cifar_optuna.trial import job_trial, link_run, trial_tags  # noqa: E402
 from tracking.job import TrackedJob  # noqa: E402
+from tracking.mlflow_metrics import MlflowMetrics  # noqa: E402
 from tracking.results import log_results, run_tags  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.fit import build_model, fit  # noqa: E402
@@ -44,7 +45,15 @@ def main(cfg: DictConfig) -> float:
             if trial is not None:
                 link_run(trial, job.run_id, cfg.trainer.epochs)
                 pruning = [TrialPruning(trial, cfg.trainer.epochs, cfg.trainer.checkpoint_monitor)]
-            result = fit(model, data, cfg, job, callbacks=pruning)
+            result = fit(
+                model,
+                data,
+                cfg,
+                job.checkpoint_dir,
+                resume=job.resuming,
+                on_resume=job.continue_from,
+                callbacks=[MlflowMetrics(), *pruning],
+            )
 
         if pruning and pruning[0].pruned:
             job.prune(result, pruning[0].pruned_at)

@@ -193,8 +193,7 @@ def test_epoch_checkpoint_restores_weights_optimizer_and_best_model(tmp_path, ca
     y = (x[:, 0] > 0).astype("int32") + (x[:, 1] > 0)
     trained = _tiny_model(0)
     best = BestCheckpoint(tmp_path / "best.keras", "val_loss")
-    epochs = EpochCheckpoint(tmp_path / "epochs")
-    epochs.track([best])
+    epochs = EpochCheckpoint(tmp_path / "epochs", best)
     trained.fit(
         x, y, batch_size=16, epochs=3, validation_data=(x, y), callbacks=[best, epochs], verbose=0
     )
@@ -205,28 +204,28 @@ def test_epoch_checkpoint_restores_weights_optimizer_and_best_model(tmp_path, ca
     def restored(expect_epochs):
         model = _tiny_model(1)  # other initial weights
         new_best = BestCheckpoint(tmp_path / "best.keras", "val_loss")
-        checkpoint = EpochCheckpoint(tmp_path / "epochs")
-        checkpoint.track([new_best])
-        state = checkpoint.restore(model)
-        assert (state.epochs_done if state else 0) == expect_epochs
-        return model, state, checkpoint
+        checkpoint = EpochCheckpoint(tmp_path / "epochs", new_best)
+        assert checkpoint.restore(model) == expect_epochs
+        return model, checkpoint, new_best
 
-    model, state, checkpoint = restored(3)
+    model, checkpoint, new_best = restored(3)
     for saved, loaded in zip(_values(trained.variables), _values(model.variables), strict=True):
         np.testing.assert_array_equal(saved, loaded)
     optimizer = _values(trained.optimizer.variables)
     for saved, loaded in zip(optimizer, _values(model.optimizer.variables), strict=True):
         np.testing.assert_array_equal(saved, loaded)  # iterations (so the LR schedule), momenta
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 3 * 4
-    assert [h["loss"] for h in state.history] == pytest.approx(trained.history.history["loss"])
-    assert checkpoint.pending["BestCheckpoint"]["best"] == pytest.approx(best.best)
+    history = [h["loss"] for h in checkpoint.history]
+    assert history == pytest.approx(trained.history.history["loss"])
+    assert (new_best.best, new_best.best_epoch) == (pytest.approx(best.best), best.best_epoch)
 
     # The newest weights truncated (a disk that filled up): one clear line, the epoch before.
     newest = tmp_path / "epochs" / "epoch-0003.weights.h5"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     (tmp_path / "epochs" / ".tmp-epoch-0004.weights.h5").write_bytes(b"half a write")
     caplog.clear()
-    model, state, _ = restored(2)
+    model, _, new_best = restored(2)
+    assert new_best.best_epoch in (0, 1)  # the best as of epoch 2
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("epoch-0003.json is unreadable" in w for w in warnings), warnings
     assert any("older checkpoint" in w and "epoch-0002.json" in w for w in warnings), warnings
@@ -239,8 +238,8 @@ def test_epoch_checkpoint_restores_weights_optimizer_and_best_model(tmp_path, ca
     (tmp_path / "epochs" / "epoch-0002.json").write_text("{not json")
     fresh = _values(_tiny_model(1).variables)
     caplog.clear()
-    model, state, _ = restored(0)
-    assert state is None
+    model, checkpoint, new_best = restored(0)
+    assert checkpoint.history == [] and new_best.best is None
     assert any("no readable checkpoint" in r.getMessage() for r in caplog.records)
     for initial, now in zip(fresh, _values(model.variables), strict=True):
         np.testing.assert_array_equal(initial, now)
