@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy
 from conftest import REPO, Store, output, train_cli
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
@@ -233,3 +234,10 @@ def test_hydra_optuna_sweeper_syntax_composes():
         branch = space.conditional["schedule"].get(params["schedule"], {})
         own = {k for k in params if k.startswith("schedule.")}
         assert own == set(branch), params
+
+    # Every conditional parameter is a real key of its schedule, which the factory accepts.
+    for value, branch in space.conditional["schedule"].items():
+        overrides = [f"schedule={value}", *(f"{k}={d.low}" for k, d in branch.items())]
+        with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        instantiate(cfg.schedule, lr=0.1, steps_per_epoch=10, epochs=3)
