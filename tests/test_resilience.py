@@ -287,13 +287,13 @@ def test_secret_looking_keys_are_never_logged():
 
 
 def test_launcher_configs_compose_with_gpu_defaults(tmp_path, monkeypatch):
-    from training import session
+    from training import gpus
 
     slurm = _compose("hydra/launcher=slurm", hydra=True).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher")
     assert (slurm.gpus_per_node, slurm.tasks_per_node) == (1, 1) and slurm.max_num_timeout > 0
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    monkeypatch.setattr(session, "_claimed", None)
+    monkeypatch.setattr(gpus, "_claimed", None)
     cfg = _compose("hydra/launcher=local_parallel", f"hydra.sweep.dir={tmp_path}", hydra=True)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
     assert cfg.hydra.launcher.n_jobs == 2  # one job per visible GPU
@@ -769,21 +769,21 @@ def test_data_parallel_trains_on_every_local_device(backend, env, replicas, tmp_
 
 
 def test_each_worker_process_claims_its_own_gpu(tmp_path, monkeypatch, caplog):
-    from training import session
+    from training import gpus
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    monkeypatch.setattr(session, "_claimed", None)
-    first = session.worker_gpu(str(tmp_path))
-    assert session.worker_gpu(str(tmp_path)) == first == "3"  # a process keeps its GPU
-    held = session._claimed
+    monkeypatch.setattr(gpus, "_claimed", None)
+    first = gpus.worker_gpu(str(tmp_path))
+    assert gpus.worker_gpu(str(tmp_path)) == first == "3"  # a process keeps its GPU
+    held = gpus._claimed
     # Other workers (a second lock file handle stands for another process) get the next free
     # GPU; with more workers than GPUs they share, saying so.
-    monkeypatch.setattr(session, "_claimed", None)
-    assert session.worker_gpu(str(tmp_path)) == "5"
-    monkeypatch.setattr(session, "_claimed", None)
-    assert session.worker_gpu(str(tmp_path)) in ("3", "5")
+    monkeypatch.setattr(gpus, "_claimed", None)
+    assert gpus.worker_gpu(str(tmp_path)) == "5"
+    monkeypatch.setattr(gpus, "_claimed", None)
+    assert gpus.worker_gpu(str(tmp_path)) in ("3", "5")
     assert "more parallel jobs than GPUs" in caplog.text
     # A worker that ends frees its GPU.
     held[1].close()
-    monkeypatch.setattr(session, "_claimed", None)
-    assert session.worker_gpu(str(tmp_path)) == "3"
+    monkeypatch.setattr(gpus, "_claimed", None)
+    assert gpus.worker_gpu(str(tmp_path)) == "3"

@@ -80,17 +80,16 @@ def log_results(fit_result, evaluation, data) -> None:
 
 
 def _plot_confusion(confusion: np.ndarray, names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The figure API on the Agg canvas, as in comparison/plots.py: no pyplot backend switch.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    fig, ax = plt.subplots(figsize=(16, 16))
+    fig = Figure(figsize=(16, 16), layout="tight")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ConfusionMatrixDisplay(confusion, display_labels=names).plot(
         ax=ax, include_values=False, xticks_rotation="vertical", colorbar=False
     )
     ax.tick_params(labelsize=5)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
