@@ -14,6 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from callbacks.trial_pruning import PRUNED_AT
+from errors import one_line
 from hydra_plugins.cifar_optuna._space import as_override
 from hydra_plugins.cifar_optuna._study import counted
 from hydra_plugins.cifar_optuna.trial import EPOCHS
@@ -97,7 +98,7 @@ def _plots(study: optuna.Study, folder: Path) -> list[Path]:
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib plots experimental
                 axes = make(study)
         except Exception as error:  # e.g. importances need two completed trials
-            log.info("search plot %s skipped: %s", name, " ".join(str(error).split())[:200])
+            log.info("search plot %s skipped: %s", name, one_line(error, 200))
             continue
         figure = (axes.flat[0] if hasattr(axes, "flat") else axes).get_figure()
         figure.savefig(folder / name, dpi=110, bbox_inches="tight")

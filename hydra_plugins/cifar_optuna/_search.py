@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from callbacks.trial_pruning import PRUNED_AT
-from errors import UserError
+from errors import UserError, one_line
 from hydra_plugins.cifar_optuna._space import as_override, parse_space
 from hydra_plugins.cifar_optuna._study import (
     OWNER,
@@ -225,7 +225,7 @@ class Search:
         except Exception as error:
             self.heartbeat.release(tid)
             self._tell(number, TrialState.FAIL, None)
-            log.error("trial %d could not be launched: %s", number, " ".join(str(error).split()))
+            log.error("trial %d could not be launched: %s", number, one_line(error))
             return
         self.heartbeat.release(tid)
         with self.lock:

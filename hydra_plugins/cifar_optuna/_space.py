@@ -24,7 +24,7 @@ from optuna.distributions import (
 )
 from optuna.trial import BaseTrial
 
-from errors import UserError
+from errors import UserError, one_line
 
 
 @dataclass
@@ -102,8 +102,7 @@ def _parse(lines: list[str], where: str) -> list[Override]:
     try:
         return OverridesParser.create().parse_overrides(lines)
     except Exception as error:  # Hydra's parser error names the bad token
-        first = " ".join(str(error).split())[:300]
-        raise UserError(f"{where}: cannot parse the search space ({first})") from None
+        raise UserError(f"{where}: cannot parse the search space ({one_line(error)})") from None
 
 
 def parse_space(

@@ -20,7 +20,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
 
-from errors import UserError
+from errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,8 @@ def open_storage(url: str) -> BaseStorage:
             engine_kwargs = {"connect_args": {"timeout": 60}}
         return RDBStorage(url, engine_kwargs=engine_kwargs)
     except Exception as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
         raise UserError(
-            f"hydra.sweeper.storage={masked(url)}: cannot open it ({first}); use "
+            f"hydra.sweeper.storage={masked(url)}: cannot open it ({one_line(error)}); use "
             "sqlite:///<path>/optuna.db, journal:<path>, or a database URL"
         ) from None
 
