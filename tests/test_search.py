@@ -141,8 +141,8 @@ def _wait_for(condition, process, timeout: float = 600):
         try:
             if condition():
                 return
-        except (LookupError, ValueError, sqlalchemy.exc.OperationalError):
-            pass  # no study, trial or owner yet, or the database is busy
+        except (LookupError, ValueError, sqlalchemy.exc.SQLAlchemyError):
+            pass  # no study, trial or owner yet; the database busy or its schema half-made
         time.sleep(1)
     raise AssertionError("timed out")
 

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import optuna
+import sqlalchemy
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial, TrialState
@@ -50,12 +51,25 @@ def open_storage(url: str) -> BaseStorage:
             Path(url.removeprefix(SQLITE_PREFIX)).parent.mkdir(parents=True, exist_ok=True)
             # Parallel jobs report epochs at once; wait for the lock rather than fail.
             engine_kwargs = {"connect_args": {"timeout": 60}}
-        return RDBStorage(url, engine_kwargs=engine_kwargs)
+        return _rdb_storage(url, engine_kwargs)
     except Exception as error:
         raise UserError(
             f"hydra.sweeper.storage={masked(url)}: cannot open it ({one_line(error)}); use "
             "sqlite:///<path>/optuna.db, journal:<path>, or a database URL"
         ) from None
+
+
+def _rdb_storage(url: str, engine_kwargs: dict) -> RDBStorage:
+    # Two workers opening a new database at once both create its schema; the loser of that
+    # race finds it complete on a second look.
+    for attempt in range(3):
+        try:
+            return RDBStorage(url, engine_kwargs=engine_kwargs)
+        except sqlalchemy.exc.SQLAlchemyError:
+            if attempt == 2:
+                raise
+            time.sleep(1 + attempt)
+    raise AssertionError("unreachable")
 
 
 def trial_id(storage: BaseStorage, study_name: str, number: int) -> int:
