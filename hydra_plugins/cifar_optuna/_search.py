@@ -85,7 +85,7 @@ class Search:
             sampler = instantiate(sampler_cfg)
         self.storage = open_storage(self.storage_url)
         try:
-            return optuna.create_study(
+            study = optuna.create_study(
                 storage=self.storage,
                 study_name=self.study_name,
                 sampler=sampler,
@@ -95,6 +95,11 @@ class Search:
             )
         except ValueError as error:
             raise UserError(f"hydra.sweeper.direction: {error}") from None
+        if study.get_trials(deepcopy=False):
+            # A worker joining (or reopening) the study must not draw what the first drew from
+            # the same seed; a fresh study keeps the configured seed, so it reproduces.
+            study.sampler.reseed_rng()
+        return study
 
     def _workers(self) -> int:
         if self.n_jobs <= 1:
