@@ -30,7 +30,8 @@ def git_commit() -> str:
     return f"{head}-dirty" if dirty else head
 
 
-def run_tags(cfg: DictConfig, data) -> dict[str, str]:
+def run_tags(cfg: DictConfig, data, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Provenance tags; `extra` carries what the caller found out (device, library versions)."""
     return {
         "strategy": cfg.model.strategy,
         "backend": keras.backend.backend(),
@@ -38,6 +39,8 @@ def run_tags(cfg: DictConfig, data) -> dict[str, str]:
         "git_commit": git_commit(),
         "dataset_id": data.dataset_id,
         "dataset_fingerprint": data.fingerprint,
+        "version.mlflow": mlflow.__version__,
+        **(extra or {}),
     }
 
 
