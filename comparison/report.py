@@ -28,6 +28,13 @@ from comparison.plots import (
 )
 from comparison.reference import REFERENCE
 from comparison.search import ArchitectureSearch, summarize_search, table_runs
+from comparison.summary import (
+    HTML,
+    leaderboard_view,
+    parent_description,
+    parent_metrics,
+    render_html,
+)
 from comparison.table import (
     OPTIONAL_COLUMNS,
     Row,
@@ -54,6 +61,7 @@ class Report:
     markdown: Path
     csv: Path
     plots: dict[str, Path]  # file name -> path
+    html: Path  # comparison.md with its figures embedded
     logged_to: str | None  # the parent run id that got the files as artifacts, if any
 
     @property
@@ -66,7 +74,7 @@ class Report:
 
     @property
     def paths(self) -> list[Path]:
-        return [self.markdown, self.csv, *self.plots.values()]
+        return [self.markdown, self.html, self.csv, *self.plots.values()]
 
 
 def build_report(
@@ -106,7 +114,10 @@ def write_report(
     csv_path = write_csv(rows, varied, out_dir / CSV)
     plots = write_plots(rows, out_dir)
     markdown = out_dir / MARKDOWN
-    markdown.write_text(render_markdown(sweep, rows, varied, search))
+    text = render_markdown(sweep, rows, varied, search)
+    markdown.write_text(text)
+    page = out_dir / HTML
+    page.write_text(render_html(text, plots, f"CIFAR-100 comparison — sweep {sweep.sweep_id}"))
     print_table(sweep, rows, varied, console)
     if search:
         lines = [f"search: {summary.line()}" for summary in search]
@@ -117,11 +128,21 @@ def write_report(
 
     logged_to = None
     if log_to_parent:
-        _log_artifacts(sweep, [markdown, csv_path, *plots.values()], out_dir)
+        _log_artifacts(sweep, [markdown, page, csv_path, *plots.values()], out_dir)
+        _describe_parent(sweep, rows)
         logged_to = sweep.parent_run_id
-    report = Report(sweep, varied, rows, markdown, csv_path, plots, logged_to)
+    report = Report(sweep, varied, rows, markdown, csv_path, plots, page, logged_to)
     print_paths(report, console)
     return report
+
+
+def _describe_parent(sweep: SweepRecord, rows: Sequence[Row]) -> None:
+    """What the parent's own page shows: the short table as its description, and metrics."""
+    client = MlflowClient(sweep.tracking_uri)
+    client.set_experiment_tag(sweep.experiment_id, *leaderboard_view(sweep))
+    client.set_tag(sweep.parent_run_id, "mlflow.note.content", parent_description(sweep, rows))
+    for name, value in parent_metrics(rows).items():
+        client.log_metric(sweep.parent_run_id, name, value)
 
 
 def _log_artifacts(sweep: SweepRecord, paths: Sequence[Path], out_dir: Path) -> None:

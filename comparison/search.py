@@ -28,7 +28,7 @@ class ArchitectureSearch:
         return (
             f"{self.architecture}: best of {counts} is trial {self.best.tags['trial']} "
             f"(run {self.best.run_id}, best val top-1 "
-            f"{100 * self.best.metrics['best_val_top1']:.2f} %)"
+            f"{self.best.metrics['best_val_top1']:.2f} %)"
         )
 
 

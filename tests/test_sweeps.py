@@ -43,11 +43,9 @@ def test_sweep_prints_and_logs_a_table_equal_to_the_store(smoke_sweep):
     for run in store.jobs():
         row, metrics = rows[run.info.run_name], run.data.metrics
         assert row["status"] == "FINISHED" and row["n"] == "1"
-        assert float(row["test_top1_pct"]) == pytest.approx(100 * metrics["test_top1"], abs=1e-4)
-        assert float(row["test_top5_pct"]) == pytest.approx(100 * metrics["test_top5"], abs=1e-4)
-        assert float(row["best_val_top1_pct"]) == pytest.approx(
-            100 * metrics["best_val_top1"], abs=1e-4
-        )
+        assert float(row["test_top1_pct"]) == pytest.approx(metrics["test_top1"], abs=1e-4)
+        assert float(row["test_top5_pct"]) == pytest.approx(metrics["test_top5"], abs=1e-4)
+        assert float(row["best_val_top1_pct"]) == pytest.approx(metrics["best_val_top1"], abs=1e-4)
         assert int(row["param_count"]) == metrics["param_count"]
         assert row["input_size"] == run.data.params["model.input_size"]
     logged = {
@@ -90,7 +88,7 @@ def test_seeds_give_mean_and_std(tmp_path, data_cache):
     assert result.returncode == 0, output(result)[-3000:]
     (row,) = _table(tmp_path / "multirun" / "comparison" / "comparison.csv")
     assert row["n"] == "2"
-    tops = [r.data.metrics["test_top1"] * 100 for r in Store(tmp_path).jobs()]
+    tops = [r.data.metrics["test_top1"] for r in Store(tmp_path).jobs()]
     assert float(row["test_top1_pct"]) == pytest.approx(sum(tops) / 2, abs=1e-4)
     assert row["test_top1_pct_std"] != ""
 
