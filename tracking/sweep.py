@@ -207,7 +207,8 @@ def exit_code() -> tuple[int, str]:
     if LAUNCH.sweep_dir is None:
         return 0, ""
     outcomes = read_outcomes(LAUNCH.sweep_dir)
-    failed = [o for o in outcomes if o["status"] not in ("finished", "skipped")]
+    # A trial its search pruned stopped early on purpose: a clean end, like a finished job.
+    failed = [o for o in outcomes if o["status"] not in ("finished", "skipped", "pruned")]
     if LAUNCH.store_error is not None:
         return 1, f"sweep failed: {LAUNCH.store_error}"
     if not outcomes:
