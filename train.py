@@ -36,7 +36,9 @@ def main(cfg: DictConfig) -> float:
 
     start_devices()
 
+    from callbacks.trial_pruning import TrialPruning
     from data.cifar100 import load_cifar100
+    from hydra_plugins.cifar_optuna.trial import job_trial, link_run, trial_tags
     from tracking.datasets import log_datasets
     from tracking.job import TrackedJob
     from tracking.logged_model import log_best_model
@@ -60,12 +62,17 @@ def main(cfg: DictConfig) -> float:
 
         if warning := devices.silent_cpu_warning(device):
             log.warning(warning)
+        trial = job_trial(cfg.search)  # the Optuna trial this job is, in a search
         start_session(cfg.trainer.precision, cfg.seed)
         data = load_cifar100(cfg.data, seed=cfg.seed)
         with distribution_scope(cfg.trainer.distribution):
             model = build_model(cfg, data)
-            tags = {**device.tags(), **devices.software_versions()}
+            tags = {**device.tags(), **devices.software_versions(), **trial_tags(cfg.search)}
             job.start(run_tags(cfg, data, tags), model)
+            pruning = []
+            if trial is not None:
+                link_run(trial, job.run_id, cfg.trainer.epochs)
+                pruning = [TrialPruning(trial, cfg.trainer.epochs, cfg.trainer.checkpoint_monitor)]
             datasets = log_datasets(data)
             result = fit(
                 model,
@@ -74,8 +81,12 @@ def main(cfg: DictConfig) -> float:
                 job.checkpoint_dir,
                 resume=job.resuming,
                 on_resume=job.continue_from,
-                callbacks=[MlflowMetrics(), *progress(cfg)],
+                callbacks=[MlflowMetrics(), *progress(cfg), *pruning],
             )
+
+        if pruning and pruning[0].pruned:
+            job.prune(result, pruning[0].pruned_at)
+            return job.objective
 
         evaluation = evaluate(result.best_checkpoint, data, cfg.trainer.batch_size)
         model_id = log_best_model(result.best_checkpoint, data, job.name, cfg.tracking.register)

@@ -27,6 +27,7 @@ from comparison.plots import (
     write_plots,
 )
 from comparison.reference import REFERENCE
+from comparison.search import ArchitectureSearch, summarize_search, table_runs
 from comparison.summary import (
     HTML,
     leaderboard_view,
@@ -105,16 +106,25 @@ def write_report(
     """The files, console table and artifacts of a sweep already read with load_sweep."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    varied = varied_keys(sweep.runs)
-    rows = tuple(build_rows(sweep.runs, varied))
+    search = summarize_search(sweep.runs)
+    runs = table_runs(sweep.runs, search)
+    # A search's trial number and study name differ per trial, not per setting.
+    varied = tuple(k for k in varied_keys(runs) if not k.startswith("search."))
+    rows = tuple(build_rows(runs, varied))
     csv_path = write_csv(rows, varied, out_dir / CSV)
     plots = write_plots(rows, out_dir)
     markdown = out_dir / MARKDOWN
-    text = render_markdown(sweep, rows, varied)
+    text = render_markdown(sweep, rows, varied, search)
     markdown.write_text(text)
     page = out_dir / HTML
     page.write_text(render_html(text, plots, f"CIFAR-100 comparison — sweep {sweep.sweep_id}"))
     print_table(sweep, rows, varied, console)
+    if search:
+        lines = [f"search: {summary.line()}" for summary in search]
+        if console is None:
+            print("\n".join(lines))
+        else:
+            console.print("\n".join(lines))
 
     logged_to = None
     if log_to_parent:
@@ -262,7 +272,12 @@ def _unfinished_notes(rows: Sequence[Row]) -> list[str]:
     return notes
 
 
-def render_markdown(sweep: SweepRecord, rows: Sequence[Row], varied: Sequence[str]) -> str:
+def render_markdown(
+    sweep: SweepRecord,
+    rows: Sequence[Row],
+    varied: Sequence[str],
+    search: Sequence[ArchitectureSearch] | None = None,
+) -> str:
     statuses = Counter(run.status for run in sweep.runs)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items())) or "none"
     reused = sum(run.tags.get("sweep_id") != sweep.sweep_id for run in sweep.runs)
@@ -280,6 +295,15 @@ def render_markdown(sweep: SweepRecord, rows: Sequence[Row], varied: Sequence[st
         f"`python compare.py --experiment {sweep.experiment} --sweep {sweep.sweep_id}`.",
         "",
     ]
+    if search:
+        lines += [
+            "A hyperparameter search: the table shows the best finished trial of each "
+            "architecture (by best validation top-1); pruned trials stopped early and are "
+            "counted, not tabled.",
+            "",
+            *(f"- {summary.line()}" for summary in search),
+            "",
+        ]
     if rows:
         lines += [markdown_table(rows, varied), ""]
     else:

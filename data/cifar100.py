@@ -114,6 +114,7 @@ def load_cifar100(cfg: Mapping, seed: int) -> Cifar100:
     _check_config(arrays, cfg, dataset_id)
     _warn_empty_classes(arrays, dataset_id)
     train, val = _stratified_split(arrays, cfg.get("val_size"), seed)
+    train = _train_subset(train, cfg.get("train_size"), seed)
     test = Split(arrays["test_images"], arrays["test_labels"], arrays["test_coarse_labels"])
     class_names = [str(name) for name in arrays["class_names"]]
     superclass_names = [str(name) for name in arrays["superclass_names"]]
@@ -442,6 +443,27 @@ def _stratified_split(arrays: Mapping, val_size, seed: int) -> tuple[Split, Spli
         )
 
     return subset(train_index), subset(val_index)
+
+
+def _train_subset(train: Split, train_size, seed: int) -> Split:
+    """A stratified `train_size` of the training images (null: all), e.g. for a cheap search."""
+    if train_size is None or train_size == len(train):
+        return train
+    classes = len(np.unique(train.labels))
+    if isinstance(train_size, bool) or not isinstance(train_size, int | np.integer):
+        raise UserError(f"data.train_size={train_size!r}: must be null or an integer")
+    if not classes <= train_size < len(train):
+        raise UserError(
+            f"data.train_size={train_size}: must lie in [{classes}, {len(train) - 1}] (one "
+            f"image per class, fewer than the {len(train)} training images), or null for all"
+        )
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(
+        np.arange(len(train)), train_size=int(train_size), stratify=train.labels, random_state=seed
+    )
+    keep = np.sort(keep)
+    return Split(train.images[keep], train.labels[keep], train.coarse_labels[keep])
 
 
 # --- cache ----------------------------------------------------------------------------------

@@ -407,3 +407,14 @@ def test_real_cifar100(tmp_path, monkeypatch):
     assert (np.diff(data.test.labels) >= 0).all()  # stored order: grouped by fine class
     assert data.train.images.shape == (45_000, 32, 32, 3)
     assert data.train.images.dtype == np.uint8
+
+
+def test_train_size_keeps_a_stratified_subset_and_the_same_val(tmp_path, small_folder):
+    full = load_cifar100(_cfg(tmp_path, path=str(small_folder)), seed=0)
+    subset = load_cifar100(_cfg(tmp_path, path=str(small_folder), train_size=40), seed=0)
+    assert len(subset.train) == 40 and len(full.train) == 80
+    assert np.bincount(subset.train.labels).tolist() == [4] * 10
+    assert np.array_equal(subset.val.labels, full.val.labels)
+    assert subset.fingerprint != full.fingerprint  # a subset is another dataset for identity
+    message = _one_line_error(_cfg(tmp_path, path=str(small_folder), train_size=5))
+    assert message.startswith("data.train_size=5: must lie in [10, 79]")

@@ -21,7 +21,9 @@ CASES = {
 
 
 def _setup(case: str, cache, epochs: int = 3):
-    overrides = [*CASES[case], "experiment=smoke", f"trainer.epochs={epochs}"]
+    # An explicit policy: train.py resolves precision=auto per device, fit does not.
+    overrides = [*CASES[case], "experiment=smoke", "trainer.precision=float32"]
+    overrides.append(f"trainer.epochs={epochs}")
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"data.cache_dir={cache}"])
     start_session(cfg.trainer.precision, cfg.seed)

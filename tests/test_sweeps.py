@@ -1,4 +1,6 @@
-"""Sweeps through the real CLI: one parent run, the comparison at the end, compare.py, Optuna."""
+"""Sweeps through the real CLI: one parent run, the comparison at the end, compare.py.
+
+The Optuna search has its own tests in test_search.py."""
 
 import csv
 import subprocess
@@ -107,24 +109,3 @@ def test_failed_job_is_a_row_and_the_sweep_exits_non_zero(tmp_path, data_cache):
     assert sorted(row["status"] for row in rows) == ["FAILED", "FINISHED"]
     failed = next(row for row in rows if row["status"] == "FAILED")
     assert "NaN" in failed["error"] or "nan" in failed["error"]
-
-
-def test_optuna_search_runs_two_trials_as_child_runs(tmp_path, data_cache):
-    result = train_cli(
-        "-m",
-        "hparams_search=optuna",
-        "model=resnet18",
-        "experiment=smoke",
-        "hydra.sweeper.n_trials=2",
-        root=tmp_path,
-        cache=data_cache,
-    )
-    assert result.returncode == 0, output(result)[-3000:]
-    store = Store(tmp_path)
-    parent = _parent(store)
-    trials = store.jobs()
-    assert len(trials) == 2
-    assert all(t.data.tags["mlflow.parentRunId"] == parent.info.run_id for t in trials)
-    assert all(t.info.status == "FINISHED" for t in trials)
-    lrs = {t.data.params["optimizer.lr"] for t in trials}
-    assert len(lrs) == 2  # the sampler proposed two different points

@@ -211,6 +211,26 @@ class TrackedJob:
         # Only an unfinished run resumes; the best model is the run's artifact now.
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
 
+    def prune(self, fit_result, epochs_run: int) -> None:
+        """Ends a trial its search pruned: KILLED (stopped early on purpose, not a failure),
+        tagged `pruned`, with the epochs it reached; no test evaluation."""
+        mlflow.set_tags({"pruned": "true", "pruned_at_epoch": str(epochs_run)})
+        mlflow.log_metrics(
+            clean_metrics(
+                {
+                    "best_val_top1": fit_result.best_val_top1,
+                    "best_epoch": fit_result.best_epoch + 1,  # 1-based, as in log_results
+                    "epochs_run": fit_result.epochs_run,
+                    "train_seconds": fit_result.train_seconds,
+                }
+            )
+        )
+        mlflow.end_run("KILLED")
+        self.objective = fit_result.best_val_top1
+        log.info("%s: pruned after %d epochs (run %s)", self.job, epochs_run, self.run_id)
+        self._outcome("pruned", run_id=self.run_id)
+        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+
     # -- how the job ends --------------------------------------------------------------------
 
     def __enter__(self) -> "TrackedJob":

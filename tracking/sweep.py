@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 SWEEP_FILE = "mlflow_sweep.json"
 OUTCOME_FILE = "outcome.json"
+# How a job may end without failing its sweep; a pruned trial stopped early on purpose.
+CLEAN_ENDS = ("finished", "skipped", "pruned")
 
 
 @dataclass
@@ -185,7 +187,7 @@ class SweepCallback(Callback):
         try:
             sweep = Sweep(**json.loads((sweep_dir / SWEEP_FILE).read_text()))
             connect(config.tracking, must_exist=True)  # never re-create a vanished store
-            failed = any(o["status"] not in ("finished", "skipped") for o in outcomes)
+            failed = any(o["status"] not in CLEAN_ENDS for o in outcomes)
             mlflow.MlflowClient().set_terminated(
                 sweep.parent_run_id, status="FAILED" if failed else "FINISHED"
             )
@@ -207,7 +209,7 @@ def exit_code() -> tuple[int, str]:
     if LAUNCH.sweep_dir is None:
         return 0, ""
     outcomes = read_outcomes(LAUNCH.sweep_dir)
-    failed = [o for o in outcomes if o["status"] not in ("finished", "skipped")]
+    failed = [o for o in outcomes if o["status"] not in CLEAN_ENDS]
     if LAUNCH.store_error is not None:
         return 1, f"sweep failed: {LAUNCH.store_error}"
     if not outcomes:

@@ -131,7 +131,8 @@ def fit(
 
     `resume` continues from the newest readable checkpoint there; `on_resume(epochs_done,
     history)` then hears where training picks up. The extra `callbacks` (train.py's MLflow
-    logger) run after each epoch's checkpoint is written.
+    logger, a search's pruning) run after each epoch's checkpoint is written; one that stops
+    training ends every stage.
     """
     trainer = cfg.trainer
     steps_per_epoch = math.ceil(len(data.train.labels) / trainer.batch_size)
@@ -173,7 +174,7 @@ def fit(
             verbose=trainer.verbose,
         )
         _check_finite(epochs.history, cfg)
-        if early_stopping and early_stopping[0].stopped_epoch:
+        if model.stop_training:  # early stopping, or an extra callback (a pruned trial)
             break
     history = epochs.history
     if best.best is None:
