@@ -15,6 +15,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before Keras imports Tenso
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
+from callbacks.train_eval import TrainEvalTop1  # noqa: E402
 from data.cifar100 import load_cifar100  # noqa: E402
 from tracking.job import TrackedJob  # noqa: E402
 from tracking.results import log_results, run_tags  # noqa: E402
@@ -37,12 +38,20 @@ def main(cfg: DictConfig) -> float:
         with distribution_scope(cfg.trainer.distribution):
             model = build_model(cfg, data)
             job.start(run_tags(cfg, data), model)
-            result = fit(model, data, cfg, job)
+            result = fit(model, data, cfg, job, callbacks=train_eval(cfg, data))
 
         evaluation = evaluate(result.best_checkpoint, data, cfg.trainer.batch_size)
         log_results(result, evaluation, data)
         job.finish(result.best_val_top1)
     return job.objective
+
+
+def train_eval(cfg: DictConfig, data) -> list:
+    """The generalization gap's curve: top-1 on fixed training images, each epoch."""
+    size = cfg.trainer.train_eval_size
+    if not size:
+        return []
+    return [TrainEvalTop1.from_split(data.train, size, cfg.trainer.batch_size)]
 
 
 if __name__ == "__main__":

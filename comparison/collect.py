@@ -57,6 +57,7 @@ class RunRecord:
     params: Mapping[str, str]
     metrics: Mapping[str, float]  # latest value of each metric; finals are logged once
     val_top1: tuple[float, ...]  # per epoch from 0, NaN where an epoch is missing
+    train_eval_top1: tuple[float, ...] = ()  # the same, on fixed training images
 
     @property
     def overrides(self) -> dict[str, str]:
@@ -306,13 +307,14 @@ def _record(client: MlflowClient, run: Run, curve: bool = True) -> RunRecord:
         params=dict(run.data.params),
         metrics=dict(run.data.metrics),
         val_top1=_curve(client, run.info.run_id) if curve else (),
+        train_eval_top1=_curve(client, run.info.run_id, "train_eval_top1") if curve else (),
     )
 
 
-def _curve(client: MlflowClient, run_id: str) -> tuple[float, ...]:
-    """val_top1 by epoch; a step logged twice (a resume re-logs it) keeps the latest value."""
+def _curve(client: MlflowClient, run_id: str, metric: str = "val_top1") -> tuple[float, ...]:
+    """A metric by epoch; a step logged twice (a resume re-logs it) keeps the latest value."""
     by_step: dict[int, float] = {}
-    history = client.get_metric_history(run_id, "val_top1")
+    history = client.get_metric_history(run_id, metric)
     for metric in sorted(history, key=lambda m: m.timestamp):
         by_step[metric.step] = metric.value
     if not by_step:

@@ -7,7 +7,7 @@ paths, so two builds from the same store are identical.
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -16,7 +16,9 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from comparison import significance_table
 from comparison.collect import SweepRecord, load_sweep
+from comparison.findings import write_findings
 from comparison.plots import (
     SUPERCLASS_HEATMAP,
     TEST_BARS,
@@ -25,7 +27,10 @@ from comparison.plots import (
     VAL_CURVES,
     write_plots,
 )
+from comparison.predictions import load_predictions
 from comparison.reference import REFERENCE
+from comparison.significance import Significance, analyse
+from comparison.stat_plots import RELIABILITY, TOP1_INTERVALS, TRAIN_VAL_CURVES, write_stat_plots
 from comparison.table import Row, build_rows, cells, headers, markdown_table, varied_keys, write_csv
 from errors import UserError
 
@@ -44,6 +49,9 @@ class Report:
     csv: Path
     plots: dict[str, Path]  # file name -> path
     logged_to: str | None  # the parent run id that got the files as artifacts, if any
+    significance: Significance | None = None
+    significance_csv: Path | None = None
+    findings: Path | None = None
 
     @property
     def sweep_id(self) -> str:
@@ -55,7 +63,8 @@ class Report:
 
     @property
     def paths(self) -> list[Path]:
-        return [self.markdown, self.csv, *self.plots.values()]
+        extra = [p for p in (self.significance_csv, self.findings) if p is not None]
+        return [self.markdown, self.csv, *extra, *self.plots.values()]
 
 
 def build_report(
@@ -69,8 +78,9 @@ def build_report(
 ) -> Report:
     """Builds the comparison of a sweep (None: the latest started) from the store alone.
 
-    Writes comparison.md, comparison.csv and the PNG figures into out_dir, prints the table,
-    and logs the files under `comparison/` of the sweep's parent run when log_to_parent.
+    Writes comparison.md, comparison.csv, significance.csv, findings.md and the PNG figures
+    into out_dir, prints the tables, and logs the files under `comparison/` of the sweep's
+    parent run when log_to_parent.
     Raises comparison.StoreError (a UserError) when the store, experiment or sweep is missing.
     """
     sweep = load_sweep(tracking_uri, experiment, sweep_id)
@@ -90,16 +100,32 @@ def write_report(
     varied = varied_keys(sweep.runs)
     rows = tuple(build_rows(sweep.runs, varied))
     csv_path = write_csv(rows, varied, out_dir / CSV)
-    plots = write_plots(rows, out_dir)
+    significance = analyse(rows, load_predictions(sweep.tracking_uri, sweep.runs))
+    significance_csv = significance_table.write_csv(
+        significance, out_dir / significance_table.SIGNIFICANCE_CSV
+    )
+    plots = {**write_plots(rows, out_dir), **write_stat_plots(significance, out_dir)}
+    findings = write_findings(sweep, significance, out_dir)
     markdown = out_dir / MARKDOWN
-    markdown.write_text(render_markdown(sweep, rows, varied))
-    print_table(sweep, rows, varied, console)
+    markdown.write_text(render_markdown(sweep, rows, varied, significance))
+    print_table(sweep, rows, varied, console, significance)
 
-    logged_to = None
+    report = Report(
+        sweep,
+        varied,
+        rows,
+        markdown,
+        csv_path,
+        plots,
+        None,
+        significance,
+        significance_csv,
+        findings,
+    )
     if log_to_parent:
-        _log_artifacts(sweep, [markdown, csv_path, *plots.values()], out_dir)
-        logged_to = sweep.parent_run_id
-    return Report(sweep, varied, rows, markdown, csv_path, plots, logged_to)
+        _log_artifacts(sweep, report.paths, out_dir)
+        report = replace(report, logged_to=sweep.parent_run_id)
+    return report
 
 
 def _log_artifacts(sweep: SweepRecord, paths: Sequence[Path], out_dir: Path) -> None:
@@ -140,15 +166,23 @@ def rich_table(sweep: SweepRecord, rows: Sequence[Row], varied: Sequence[str]) -
 
 
 def print_table(
-    sweep: SweepRecord, rows: Sequence[Row], varied: Sequence[str], console: Console | None = None
+    sweep: SweepRecord,
+    rows: Sequence[Row],
+    varied: Sequence[str],
+    console: Console | None = None,
+    significance: Significance | None = None,
 ) -> None:
-    table = rich_table(sweep, rows, varied)
-    if console is None:
-        console = Console()
-        if not console.is_terminal:
-            # A log or a pipe: as wide as the table needs, not squeezed into 80 columns.
-            console = Console(width=Console(width=10_000).measure(table).maximum)
-    console.print(table)
+    tables = [rich_table(sweep, rows, varied)]
+    if significance is not None and significance.rows:
+        tables.append(significance_table.rich_table(significance))
+    for table in tables:
+        shown_on = console
+        if shown_on is None:
+            shown_on = Console()
+            if not shown_on.is_terminal:
+                # A log or a pipe: as wide as the table needs, not squeezed into 80 columns.
+                shown_on = Console(width=Console(width=10_000).measure(table).maximum)
+        shown_on.print(table)
 
 
 # -- Markdown ----------------------------------------------------------------------------------
@@ -194,7 +228,26 @@ def _unfinished_notes(rows: Sequence[Row]) -> list[str]:
     return notes
 
 
-def render_markdown(sweep: SweepRecord, rows: Sequence[Row], varied: Sequence[str]) -> str:
+def _significance_section(significance: Significance) -> list[str]:
+    lines = ["", "## Which differences are real", ""]
+    if not significance.rows:
+        return [*lines, "No finished run in this sweep."]
+    lines += [significance_table.markdown_table(significance), "", significance_table.explanation()]
+    if significance.notes:
+        lines += ["", *(f"- {note}" for note in significance.notes)]
+    return [
+        *lines,
+        "",
+        "The reference study's claims, tested on these numbers: [findings.md](findings.md).",
+    ]
+
+
+def render_markdown(
+    sweep: SweepRecord,
+    rows: Sequence[Row],
+    varied: Sequence[str],
+    significance: Significance | None = None,
+) -> str:
     statuses = Counter(run.status for run in sweep.runs)
     counts = ", ".join(f"{n} {status}" for status, n in sorted(statuses.items())) or "none"
     reused = sum(run.tags.get("sweep_id") != sweep.sweep_id for run in sweep.runs)
@@ -245,12 +298,21 @@ def render_markdown(sweep: SweepRecord, rows: Sequence[Row], varied: Sequence[st
             lines.append(
                 f"- {run.architecture} seed={run.seed} — run `{run.run_id}` {run.status}{error}"
             )
+    if significance is not None:
+        lines += _significance_section(significance)
     figures = [
+        (
+            TOP1_INTERVALS,
+            "Test top-1 with 95 % intervals over test images; best and not "
+            "significantly different rows marked",
+        ),
         (VAL_CURVES, "Validation top-1 per epoch (mean over seeds)"),
         (TEST_BARS, "Test top-1 per row; black tick: the reference study"),
         (TOP1_VS_TIME, "Test top-1 vs train wall time"),
         (TOP1_VS_PARAMS, "Test top-1 vs parameter count"),
         (SUPERCLASS_HEATMAP, "Test top-1 per superclass"),
+        (TRAIN_VAL_CURVES, "Top-1 on fixed training images and on validation per epoch"),
+        (RELIABILITY, "Reliability diagrams: accuracy against confidence, 15 bins"),
     ]
     lines += ["", "## Figures", ""]
     for name, caption in figures:

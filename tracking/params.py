@@ -10,7 +10,14 @@ from omegaconf import DictConfig, OmegaConf
 # Keys that say where or how verbosely a run is recorded, not what it computes (model.sizes
 # lists the sizes a model can take; the chosen one shows resolved under model.net). Two
 # configs that differ only here are the same experiment, so resume and skip treat them as one.
-NOT_IDENTITY = ("tracking", "resume", "trainer.verbose", "data.cache_dir", "model.sizes")
+NOT_IDENTITY = (
+    "tracking",
+    "resume",
+    "trainer.verbose",
+    "trainer.train_eval_size",  # what is measured each epoch, not what is trained
+    "data.cache_dir",
+    "model.sizes",
+)
 
 # Values that must never reach a tracking server that others can read.
 SECRET_PATTERNS = ("*token*", "*password*", "*secret*", "*key*")

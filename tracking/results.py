@@ -10,6 +10,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 REPO = Path(__file__).resolve().parent.parent
+PREDICTIONS_FILE = "predictions.npz"
 
 
 def git_commit() -> str:
@@ -49,7 +50,8 @@ def log_model_summary(model: keras.Model) -> None:
 
 
 def log_results(fit_result, evaluation, data) -> None:
-    """Final metrics, the best checkpoint, and scikit-learn's report and confusion matrix."""
+    """Final metrics, the best checkpoint, the test predictions, and scikit-learn's report and
+    confusion matrix."""
     mlflow.log_metrics(
         {
             "test_top1": evaluation.top1,
@@ -65,6 +67,10 @@ def log_results(fit_result, evaluation, data) -> None:
     mlflow.log_artifact(str(fit_result.best_checkpoint), "checkpoints")
     mlflow.log_text(evaluation.report, "classification_report.txt")
     with tempfile.TemporaryDirectory() as folder:
+        # What the comparison's intervals, paired tests and calibration are computed from.
+        predictions = Path(folder) / PREDICTIONS_FILE
+        np.savez_compressed(predictions, **evaluation.predictions.arrays())
+        mlflow.log_artifact(str(predictions))
         csv = Path(folder) / "confusion_matrix.csv"
         header = ",".join(["true\\predicted", *data.class_names])
         rows = [

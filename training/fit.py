@@ -8,6 +8,7 @@ epochs. Every epoch is checkpointed, so a resumed job picks up mid-stage.
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,8 +119,17 @@ def _early_stopping(cfg: DictConfig) -> list[keras.callbacks.Callback]:
     ]
 
 
-def fit(model: keras.Model, data: Cifar100, cfg: DictConfig, job) -> FitResult:
-    """Trains through every stage, resuming from `job.checkpoint_dir` when the job resumes."""
+def fit(
+    model: keras.Model,
+    data: Cifar100,
+    cfg: DictConfig,
+    job,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+) -> FitResult:
+    """Trains through every stage, resuming from `job.checkpoint_dir` when the job resumes.
+
+    The extra `callbacks` (train.py's) add to each epoch's logs before they are recorded.
+    """
     trainer = cfg.trainer
     steps_per_epoch = math.ceil(len(data.train.labels) / trainer.batch_size)
     best = BestCheckpoint(job.checkpoint_dir / "best.keras", trainer.checkpoint_monitor)
@@ -160,6 +170,7 @@ def fit(model: keras.Model, data: Cifar100, cfg: DictConfig, job) -> FitResult:
                 *schedule.callbacks,
                 *early_stopping,
                 StopOnDivergence(),
+                *callbacks,
                 best,
                 epochs,
                 MlflowMetrics(),
