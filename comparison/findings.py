@@ -127,7 +127,7 @@ def ranking(significance: Significance) -> Finding:
     ]
     scope = ""
     if missing:
-        scope = f"Of the {len(measured)} models measured ({', '.join(missing)} not run): "
+        scope = f" Measured: {len(measured)} of the 5 models ({', '.join(missing)} not run)."
         evidence.append(f"Not in this sweep: {', '.join(missing)}.")
     failures = [
         (upper, lower, test, p)
@@ -135,8 +135,8 @@ def ranking(significance: Significance) -> Finding:
         if not _beats(test, p)
     ]
     if not failures:
-        reason = f"{scope}every adjacent pair is ordered as claimed at p < {ALPHA}{holm_note}."
-        return Finding(title, claim, SUPPORTED, reason[0].upper() + reason[1:], tuple(evidence))
+        reason = f"Every adjacent pair is ordered as claimed at p < {ALPHA}{holm_note}.{scope}"
+        return Finding(title, claim, SUPPORTED, reason, tuple(evidence))
     upper, lower, test, p = failures[0]
     if test.difference <= 0:
         why = f"{lower.label} scores {-test.difference * 100:.2f} pts above {upper.label}"
@@ -144,8 +144,7 @@ def ranking(significance: Significance) -> Finding:
         p_name = "Holm p" if len(tests) > 1 else "p"
         why = f"{upper.label} is not significantly above {lower.label} ({p_name} = {_p(p)})"
     more = len(failures) - 1
-    reason = f"{scope}{why}" + (f"; {more} more pair{'s' * (more > 1)} fail too." if more else ".")
-    reason = reason[0].upper() + reason[1:]
+    reason = why + (f"; {more} more pair{'s' * (more > 1)} fail too." if more else ".") + scope
     return Finding(title, claim, NOT_SUPPORTED, reason, tuple(evidence))
 
 
@@ -226,19 +225,24 @@ def transfer_beats_scratch(significance: Significance) -> Finding:
         "Transfer learning beats training from scratch: the best pretrained model "
         "(frozen or fine-tuned) scores a higher test top-1 than the best from-scratch model."
     )
-    measured = [s for s in significance.rows if s.measured]
-    transfer = [s for s in measured if s.row.strategy in TRANSFER_STRATEGIES and _pretrained(s)]
-    scratch = [s for s in measured if s.row.strategy == "scratch"]
+    transfer = [
+        s for s in significance.rows if s.row.strategy in TRANSFER_STRATEGIES and _pretrained(s)
+    ]
+    scratch = [s for s in significance.rows if s.row.strategy == "scratch"]
     missing = []
-    if not transfer:
-        missing.append("no run started from pretrained weights")
-    if not scratch:
-        missing.append("no run trained from scratch")
+    for rows, what in (
+        (transfer, "started from pretrained weights"),
+        (scratch, "trained from scratch"),
+    ):
+        if not rows:
+            missing.append(f"no run {what}")
+        elif not any(s.measured for s in rows):
+            missing.append(f"the runs that {what} have no test predictions")
     return _pairwise(
         "Transfer learning beats training from scratch",
         claim,
-        max(transfer, key=lambda s: s.top1, default=None),
-        max(scratch, key=lambda s: s.top1, default=None),
+        max((s for s in transfer if s.measured), key=lambda s: s.top1, default=None),
+        max((s for s in scratch if s.measured), key=lambda s: s.top1, default=None),
         "In this sweep " + " and ".join(missing) + ".",
     )
 

@@ -165,9 +165,9 @@ def analyse(rows: Sequence[Row], predictions: dict[str, Predictions]) -> Signifi
     unmeasured = [s.label for s in stats if not s.measured]
     if unmeasured:
         notes.append(
-            f"No test predictions for every run of: {', '.join(unmeasured)} (runs logged "
-            "before predictions.npz, or on other test images); their intervals and tests are "
-            "not measured."
+            f"No test predictions for: {', '.join(unmeasured)} (runs logged before "
+            "predictions.npz, or seeds tested on different images); their intervals and tests "
+            "are not measured."
         )
     measured = [s for s in stats if s.measured]
     if not measured:
