@@ -126,35 +126,52 @@ def explanation() -> str:
     )
 
 
-# The console keeps the columns a reader scans; the test's name and raw p are in the files.
-CONSOLE_COLUMNS = {
-    "row": "row",
-    "n": "n",
-    "test top-1 (%)": "top-1 %",
-    f"{LEVEL * 100:.0f} % CI, test images": "CI images",
-    f"{LEVEL * 100:.0f} % CI of the mean, seeds": "CI seeds",
-    "Δ vs best (pts)": "Δ best",
-    "p (Holm)": "p Holm",
-    "train − val gap (pts)": "train−val gap",
-    "ECE (%)": "ECE %",
-}
+def _short(interval: Interval | None) -> str:
+    return "" if interval is None else f"{interval.low * 100:.1f}–{interval.high * 100:.1f}"
+
+
+def console_cells(stats: RowStats, with_seeds: bool) -> list[str]:
+    """A row for an 80–100 column terminal: one decimal, no test name; the files have all."""
+    test, gap = stats.versus_best, stats.gap
+    if stats.is_best:
+        versus = "best"
+    elif test is None:
+        versus = "—"
+    else:
+        versus = f"{test.difference * 100:+.1f}" + ("" if stats.significant else " n.s.")
+    ece = ""
+    if stats.ece:
+        ece = f"{100 * sum(stats.ece) / len(stats.ece):.1f}"
+    values = [
+        stats.label,
+        str(stats.row.n),
+        "" if stats.top1 is None else f"{stats.top1 * 100:.2f}",
+        _short(stats.top1_interval),
+        *([_short(stats.seed_interval)] if with_seeds else []),
+        versus,
+        _p(stats.p_holm),
+        "" if gap is None else f"{gap.value * 100:+.1f}",
+        ece,
+    ]
+    return values
 
 
 def rich_table(significance: Significance) -> Table:
+    level = f"{LEVEL * 100:.0f} %"
     table = Table(
         title="Which differences are real",
         box=box.SIMPLE_HEAVY,
-        caption=f"{LEVEL * 100:.0f} % intervals; {NOT_SIGNIFICANT}: not significantly below "
-        f"the best at {ALPHA} (Holm); more in comparison.md and findings.md",
+        caption=f"{level} intervals over test images (and over seeds); Δ and gap in points; "
+        f"{NOT_SIGNIFICANT}: not significantly below the best at p < {ALPHA} (Holm); "
+        "the full table is in comparison.md, the claims in findings.md",
     )
-    keep = [index for index, name in enumerate(headers()) if name in CONSOLE_COLUMNS]
-    for index in keep:
-        table.add_column(
-            CONSOLE_COLUMNS[headers()[index]], justify="left" if index == 0 else "right"
-        )
+    with_seeds = any(s.seed_interval is not None for s in significance.rows)
+    columns = ["row", "n", "top-1 %", "CI images", *(["CI seeds"] if with_seeds else [])]
+    columns += ["Δ best", "p Holm", "train−val gap", "ECE %"]
+    for index, name in enumerate(columns):
+        table.add_column(name, justify="left" if index == 0 else "right")
     for stats in significance.rows:
-        values = cells(stats)
-        table.add_row(*(values[index] for index in keep))
+        table.add_row(*console_cells(stats, with_seeds))
     return table
 
 
