@@ -68,7 +68,7 @@ def test_callback_logs_top1_on_the_subset_each_epoch():
         verbose=0,
     )
     assert [TRAIN_EVAL_KEY in logs for logs in seen] == [True, True]
-    assert seen[-1]["train_eval_images"] == 64
+    assert seen[-1]["train_eval_images"] == 64 and seen[-1]["train_eval_seconds"] > 0
     index = train_subset(split.labels, 64)
     predicted = np.argmax(model.predict(split.images[index], verbose=0), axis=1)
     assert seen[-1][TRAIN_EVAL_KEY] == pytest.approx(np.mean(predicted == split.labels[index]))
