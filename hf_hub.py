@@ -7,8 +7,11 @@ what is already cached, which fails at once when nothing is.
 
 import threading
 
+# One quick probe instead of huggingface_hub's five retries with backoff per file.
+PROBE_TIMEOUT_S = 5.0
 
-def hub_reachable(endpoint: str | None = None, timeout: float = 3.0) -> bool:
+
+def hub_reachable(endpoint: str | None = None, timeout: float = PROBE_TIMEOUT_S) -> bool:
     """Whether `endpoint` (default: the configured Hub) answers one HEAD request in time."""
     from huggingface_hub import constants, get_session
 

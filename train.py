@@ -18,6 +18,7 @@ from omegaconf import DictConfig  # noqa: E402
 from callbacks.train_eval import TrainEvalTop1  # noqa: E402
 from data.cifar100 import load_cifar100  # noqa: E402
 from tracking.job import TrackedJob  # noqa: E402
+from tracking.mlflow_metrics import MlflowMetrics  # noqa: E402
 from tracking.results import log_results, run_tags  # noqa: E402
 from training.evaluate import evaluate  # noqa: E402
 from training.fit import build_model, fit  # noqa: E402
@@ -38,7 +39,16 @@ def main(cfg: DictConfig) -> float:
         with distribution_scope(cfg.trainer.distribution):
             model = build_model(cfg, data)
             job.start(run_tags(cfg, data), model)
-            result = fit(model, data, cfg, job, callbacks=train_eval(cfg, data))
+            result = fit(
+                model,
+                data,
+                cfg,
+                job.checkpoint_dir,
+                resume=job.resuming,
+                on_resume=job.continue_from,
+                epoch_metrics=train_eval(cfg, data),
+                callbacks=[MlflowMetrics()],
+            )
 
         evaluation = evaluate(result.best_checkpoint, data, cfg.trainer.batch_size)
         log_results(result, evaluation, data)

@@ -16,8 +16,8 @@ import keras
 
 log = logging.getLogger(__name__)
 
-# The counters that ReduceLROnPlateau, EarlyStopping and BestCheckpoint reset at the start of
-# fit(); restored afterwards so a resumed run keeps its patience and its best value.
+# The counters of ReduceLROnPlateau, EarlyStopping and the best checkpoint, saved with every
+# epoch so a resumed run keeps its patience and its best value.
 STATE_ATTRIBUTES = ("wait", "best", "best_epoch", "cooldown_counter", "stopped_epoch")
 
 
@@ -86,23 +86,30 @@ class EpochCheckpoint(keras.callbacks.Callback):
     """After every epoch, saves weights, optimizer state, RNG state and callback counters.
 
     Keeps the last `keep` epochs, so a checkpoint corrupted on disk falls back to the one
-    before. `restore` (called before fit) loads the newest readable one; this callback then
-    puts the counters back into the `track`ed callbacks once they have reset themselves.
-    A tracked BestCheckpoint's file is snapshotted with each epoch (a hard link), so a
-    restored epoch also gets back the best model it knew, not one from an epoch it lost.
+    before. `restore` (called after compile, before fit) loads the newest readable one; this
+    callback then puts the counters back into the `track`ed callbacks once they have reset
+    themselves. `best`'s file is snapshotted with each epoch (a hard link), so a restored
+    epoch also gets back the best model it knew, not one from an epoch it lost.
     """
 
-    def __init__(self, directory: str | Path, keep: int = 2):
+    def __init__(self, directory: str | Path, best: BestCheckpoint | None = None, keep: int = 2):
         super().__init__()
         self.directory = Path(directory)
+        self.best = best
         self.tracked: dict[str, keras.callbacks.Callback] = {}
         self.keep = keep
         self.state: TrainingState | None = None
         self.pending: dict[str, dict] = {}
 
+    @property
+    def history(self) -> list[dict]:
+        """The epoch logs so far, restored ones included."""
+        return self.state.history if self.state else []
+
     def track(self, callbacks: list) -> None:
-        """The callbacks whose counters this fit() saves and restores."""
+        """The callbacks whose counters this stage saves and restores; they start afresh."""
         self.tracked = {type(cb).__name__: cb for cb in callbacks}
+        self.pending = {}
 
     def on_train_begin(self, logs=None):
         # Restored counters go back once, after the callbacks' own resets at train begin.
@@ -112,16 +119,13 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.pending = {}
 
     def on_epoch_end(self, epoch, logs=None):
-        history = (self.state.history if self.state else []) + [
-            {key: float(value) for key, value in (logs or {}).items()}
-        ]
+        history = [*self.history, {key: float(value) for key, value in (logs or {}).items()}]
         self.state = TrainingState(epoch + 1, history, self._callback_state())
         self.directory.mkdir(parents=True, exist_ok=True)
         stem = self.directory / f"epoch-{epoch + 1:04d}"
         _atomic_save(self.model.save_weights, stem.with_suffix(".weights.h5"))
-        best = self.tracked.get("BestCheckpoint")
-        if best is not None and best.path.exists():
-            _atomic_link(best.path, stem.with_suffix(".best.keras"))
+        if self.best is not None and self.best.path.exists():
+            _atomic_link(self.best.path, stem.with_suffix(".best.keras"))
         # The json goes last: a checkpoint counts only once it exists.
         _atomic_write_json(
             {"epochs_done": epoch + 1, "history": history, "callbacks": self.state.callbacks},
@@ -132,9 +136,15 @@ class EpochCheckpoint(keras.callbacks.Callback):
             old.with_suffix("").with_suffix(".weights.h5").unlink(missing_ok=True)
             old.with_suffix("").with_suffix(".best.keras").unlink(missing_ok=True)
 
+    def _saved(self) -> dict[str, keras.callbacks.Callback]:
+        """The callbacks whose counters a checkpoint holds, by class name."""
+        if self.best is None:
+            return self.tracked
+        return {**self.tracked, type(self.best).__name__: self.best}
+
     def _callback_state(self) -> dict[str, dict]:
         state = {}
-        for name, callback in self.tracked.items():
+        for name, callback in self._saved().items():
             values = {}
             for attribute in STATE_ATTRIBUTES:
                 if not hasattr(callback, attribute):
@@ -160,15 +170,20 @@ class EpochCheckpoint(keras.callbacks.Callback):
         """The complete checkpoints, oldest first."""
         return sorted(self.directory.glob("epoch-*.json"))
 
-    def restore(self, model: keras.Model) -> TrainingState | None:
-        """Loads the newest checkpoint that reads back; None when there is none."""
+    def restore(self, model: keras.Model) -> int:
+        """Restores the newest checkpoint that reads back and returns the epoch to start from.
+
+        Model weights, optimizer state and the best model come back now; the tracked
+        callbacks' counters at the next train begin. 0 (and the model as it was) when no
+        checkpoint reads back.
+        """
         # Half-written files of a job killed mid-save; never read, so just clear them.
         for tmp in [*self.directory.glob(".tmp-*"), *self.directory.parent.glob(".tmp-*")]:
             tmp.unlink(missing_ok=True)
         checkpoints = self.checkpoints()
         if not checkpoints:
-            self._restore_best(None)
-            return None
+            self._restore_best(None, {})
+            return 0
         if model.optimizer is not None and not model.optimizer.built:
             model.optimizer.build(model.trainable_variables)
         # A load that fails halfway leaves a mix of weights: keep the fresh ones to go back to.
@@ -185,26 +200,29 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 continue
             self.state = TrainingState(state["epochs_done"], state["history"], state["callbacks"])
             self.pending = {k: v for k, v in state["callbacks"].items() if k in self.tracked}
-            self._restore_best(meta)
+            self._restore_best(meta, state["callbacks"])
             if meta != checkpoints[-1]:
                 log.warning("resuming from the older checkpoint %s", meta)
-            return self.state
+            return self.state.epochs_done
         log.warning("no readable checkpoint in %s; starting from scratch", self.directory)
-        self._restore_best(None)
+        self._restore_best(None, {})
         for variable, value in zip(model.variables, fresh, strict=True):
             variable.assign(value)
         if model.optimizer is not None:
             for variable, value in zip(model.optimizer.variables, fresh_optimizer, strict=True):
                 variable.assign(value)
-        return None
+        return 0
 
-    def _restore_best(self, meta: Path | None) -> None:
-        """Puts back the best model as of the restored epoch (none before the first)."""
-        best = self.tracked.get("BestCheckpoint")
-        if best is None:
+    def _restore_best(self, meta: Path | None, counters: dict[str, dict]) -> None:
+        """Puts back the best model and value as of the restored epoch (none before the first)."""
+        if self.best is None:
             return
+        # BestCheckpoint never resets itself, so its counters go back at once.
+        self.best.best, self.best.best_epoch = None, None
+        for attribute, value in counters.get(type(self.best).__name__, {}).items():
+            setattr(self.best, attribute, value)
         snapshot = meta.with_suffix("").with_suffix(".best.keras") if meta else None
         if snapshot is not None and snapshot.exists():
-            _atomic_link(snapshot, best.path)
+            _atomic_link(snapshot, self.best.path)
         else:
-            best.path.unlink(missing_ok=True)
+            self.best.path.unlink(missing_ok=True)

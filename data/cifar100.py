@@ -35,7 +35,6 @@ SHARED_HINT = "data.path=../shared/cifar100"
 COLUMNS = ("img", "fine_label", "coarse_label")
 # Bump when the cached arrays change meaning, so old cache files are ignored.
 CACHE_VERSION = 1
-# Seconds the hub may take to answer one HEAD request before we treat it as unreachable.
 
 _ARRAY_KEYS = (
     "train_images",

@@ -193,8 +193,7 @@ def test_epoch_checkpoint_restores_weights_optimizer_and_best_model(tmp_path, ca
     y = (x[:, 0] > 0).astype("int32") + (x[:, 1] > 0)
     trained = _tiny_model(0)
     best = BestCheckpoint(tmp_path / "best.keras", "val_loss")
-    epochs = EpochCheckpoint(tmp_path / "epochs")
-    epochs.track([best])
+    epochs = EpochCheckpoint(tmp_path / "epochs", best)
     trained.fit(
         x, y, batch_size=16, epochs=3, validation_data=(x, y), callbacks=[best, epochs], verbose=0
     )
@@ -205,28 +204,28 @@ def test_epoch_checkpoint_restores_weights_optimizer_and_best_model(tmp_path, ca
     def restored(expect_epochs):
         model = _tiny_model(1)  # other initial weights
         new_best = BestCheckpoint(tmp_path / "best.keras", "val_loss")
-        checkpoint = EpochCheckpoint(tmp_path / "epochs")
-        checkpoint.track([new_best])
-        state = checkpoint.restore(model)
-        assert (state.epochs_done if state else 0) == expect_epochs
-        return model, state, checkpoint
+        checkpoint = EpochCheckpoint(tmp_path / "epochs", new_best)
+        assert checkpoint.restore(model) == expect_epochs
+        return model, checkpoint, new_best
 
-    model, state, checkpoint = restored(3)
+    model, checkpoint, new_best = restored(3)
     for saved, loaded in zip(_values(trained.variables), _values(model.variables), strict=True):
         np.testing.assert_array_equal(saved, loaded)
     optimizer = _values(trained.optimizer.variables)
     for saved, loaded in zip(optimizer, _values(model.optimizer.variables), strict=True):
         np.testing.assert_array_equal(saved, loaded)  # iterations (so the LR schedule), momenta
     assert int(keras.ops.convert_to_numpy(model.optimizer.iterations)) == 3 * 4
-    assert [h["loss"] for h in state.history] == pytest.approx(trained.history.history["loss"])
-    assert checkpoint.pending["BestCheckpoint"]["best"] == pytest.approx(best.best)
+    history = [h["loss"] for h in checkpoint.history]
+    assert history == pytest.approx(trained.history.history["loss"])
+    assert (new_best.best, new_best.best_epoch) == (pytest.approx(best.best), best.best_epoch)
 
     # The newest weights truncated (a disk that filled up): one clear line, the epoch before.
     newest = tmp_path / "epochs" / "epoch-0003.weights.h5"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     (tmp_path / "epochs" / ".tmp-epoch-0004.weights.h5").write_bytes(b"half a write")
     caplog.clear()
-    model, state, _ = restored(2)
+    model, _, new_best = restored(2)
+    assert new_best.best_epoch in (0, 1)  # the best as of epoch 2
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert any("epoch-0003.json is unreadable" in w for w in warnings), warnings
     assert any("older checkpoint" in w and "epoch-0002.json" in w for w in warnings), warnings
@@ -239,8 +238,8 @@ def test_epoch_checkpoint_restores_weights_optimizer_and_best_model(tmp_path, ca
     (tmp_path / "epochs" / "epoch-0002.json").write_text("{not json")
     fresh = _values(_tiny_model(1).variables)
     caplog.clear()
-    model, state, _ = restored(0)
-    assert state is None
+    model, checkpoint, new_best = restored(0)
+    assert checkpoint.history == [] and new_best.best is None
     assert any("no readable checkpoint" in r.getMessage() for r in caplog.records)
     for initial, now in zip(fresh, _values(model.variables), strict=True):
         np.testing.assert_array_equal(initial, now)
@@ -288,13 +287,13 @@ def test_secret_looking_keys_are_never_logged():
 
 
 def test_launcher_configs_compose_with_gpu_defaults(tmp_path, monkeypatch):
-    from training import session
+    from training import gpus
 
     slurm = _compose("hydra/launcher=slurm", hydra=True).hydra.launcher
     assert slurm._target_.endswith("SlurmLauncher")
     assert (slurm.gpus_per_node, slurm.tasks_per_node) == (1, 1) and slurm.max_num_timeout > 0
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
-    monkeypatch.setattr(session, "_claimed", None)
+    monkeypatch.setattr(gpus, "_claimed", None)
     cfg = _compose("hydra/launcher=local_parallel", f"hydra.sweep.dir={tmp_path}", hydra=True)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
     assert cfg.hydra.launcher.n_jobs == 2  # one job per visible GPU
@@ -770,21 +769,21 @@ def test_data_parallel_trains_on_every_local_device(backend, env, replicas, tmp_
 
 
 def test_each_worker_process_claims_its_own_gpu(tmp_path, monkeypatch, caplog):
-    from training import session
+    from training import gpus
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    monkeypatch.setattr(session, "_claimed", None)
-    first = session.worker_gpu(str(tmp_path))
-    assert session.worker_gpu(str(tmp_path)) == first == "3"  # a process keeps its GPU
-    held = session._claimed
+    monkeypatch.setattr(gpus, "_claimed", None)
+    first = gpus.worker_gpu(str(tmp_path))
+    assert gpus.worker_gpu(str(tmp_path)) == first == "3"  # a process keeps its GPU
+    held = gpus._claimed
     # Other workers (a second lock file handle stands for another process) get the next free
     # GPU; with more workers than GPUs they share, saying so.
-    monkeypatch.setattr(session, "_claimed", None)
-    assert session.worker_gpu(str(tmp_path)) == "5"
-    monkeypatch.setattr(session, "_claimed", None)
-    assert session.worker_gpu(str(tmp_path)) in ("3", "5")
+    monkeypatch.setattr(gpus, "_claimed", None)
+    assert gpus.worker_gpu(str(tmp_path)) == "5"
+    monkeypatch.setattr(gpus, "_claimed", None)
+    assert gpus.worker_gpu(str(tmp_path)) in ("3", "5")
     assert "more parallel jobs than GPUs" in caplog.text
     # A worker that ends frees its GPU.
     held[1].close()
-    monkeypatch.setattr(session, "_claimed", None)
-    assert session.worker_gpu(str(tmp_path)) == "3"
+    monkeypatch.setattr(gpus, "_claimed", None)
+    assert gpus.worker_gpu(str(tmp_path)) == "3"

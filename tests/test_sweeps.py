@@ -87,6 +87,7 @@ def test_compare_rebuilds_the_same_table_in_a_fresh_process(smoke_sweep, tmp_pat
     assert (tmp_path / "comparison.csv").read_text() == swept
 
 
+@pytest.mark.slow
 def test_seeds_give_mean_and_std(seeded_sweep):
     store, _ = seeded_sweep
     rows = _table(store.root / "multirun" / "comparison" / "comparison.csv")
@@ -99,6 +100,7 @@ def test_seeds_give_mean_and_std(seeded_sweep):
         assert row["test_top1_pct_std"] != ""
 
 
+@pytest.mark.slow
 def test_runs_log_test_predictions_and_a_train_images_curve(seeded_sweep, tmp_path):
     store, _ = seeded_sweep
     client = store.client()

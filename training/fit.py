@@ -8,7 +8,7 @@ epochs. Every epoch is checkpointed, so a resumed job picks up mid-stage.
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +19,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from callbacks.checkpoints import BestCheckpoint, EpochCheckpoint
 from callbacks.epoch_stats import EpochStats, StopOnDivergence
-from callbacks.mlflow_metrics import MlflowMetrics
 from data.cifar100 import Cifar100
 from errors import UserError
 from training.losses import classification_loss
@@ -123,40 +122,41 @@ def fit(
     model: keras.Model,
     data: Cifar100,
     cfg: DictConfig,
-    job,
+    checkpoint_dir: Path,
+    *,
+    resume: bool = False,
+    on_resume: Callable[[int, list[dict]], None] | None = None,
+    epoch_metrics: Sequence[keras.callbacks.Callback] = (),
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> FitResult:
-    """Trains through every stage, resuming from `job.checkpoint_dir` when the job resumes.
+    """Trains through every stage, checkpointing each epoch under `checkpoint_dir`.
 
-    The extra `callbacks` (train.py's) add to each epoch's logs before they are recorded.
+    `resume` continues from the newest readable checkpoint there; `on_resume(epochs_done,
+    history)` then hears where training picks up. `epoch_metrics` (train.py's train-images
+    top-1) add values to each epoch's logs before the checkpoint records them, so a resumed
+    run's history holds them too. The extra `callbacks` (train.py's MLflow logger) run after
+    each epoch's checkpoint is written.
     """
     trainer = cfg.trainer
     steps_per_epoch = math.ceil(len(data.train.labels) / trainer.batch_size)
-    best = BestCheckpoint(job.checkpoint_dir / "best.keras", trainer.checkpoint_monitor)
-    epochs = EpochCheckpoint(job.checkpoint_dir / "epochs")
-    resume_at = epochs.latest_epochs_done() if job.resuming else 0
-    restored = not job.resuming
-    for stage in plan_stages(cfg):
-        if resume_at > stage.end_epoch:
-            continue  # finished before the interruption
+    best = BestCheckpoint(checkpoint_dir / "best.keras", trainer.checkpoint_monitor)
+    epochs = EpochCheckpoint(checkpoint_dir / "epochs", best)
+    stages = plan_stages(cfg)
+    if resume:
+        # Stages finished before the interruption are skipped; the one the checkpoint was
+        # taken in is compiled, so its optimizer state loads back.
+        done = epochs.latest_epochs_done()
+        stages = [stage for stage in stages if stage.end_epoch >= done]
+    for index, stage in enumerate(stages):
         schedule = compile_stage(model, cfg, stage, steps_per_epoch)
         early_stopping = _early_stopping(cfg)
-        epochs.track([*schedule.callbacks, *early_stopping, best])
+        epochs.track([*schedule.callbacks, *early_stopping])
         initial_epoch = stage.first_epoch
-        if not restored:
-            restored = True
-            state = epochs.restore(model)
-            initial_epoch = state.epochs_done if state else 0
-            if initial_epoch < stage.first_epoch:
-                raise RuntimeError(
-                    f"no readable checkpoint in {epochs.directory} from epoch "
-                    f"{stage.first_epoch} (this stage's start) on; run the same command again "
-                    "to start this job afresh"
-                )
-            job.continue_from(initial_epoch, state.history if state else [])
+        if resume and index == 0:
+            initial_epoch = _restore(model, epochs, stage)
+            if on_resume is not None:
+                on_resume(initial_epoch, epochs.history)
         if initial_epoch >= stage.end_epoch:
-            # A later stage starts its callbacks afresh; only the best value carries over.
-            epochs.pending = {k: v for k, v in epochs.pending.items() if k == "BestCheckpoint"}
             continue
         model.fit(
             data.train.images,
@@ -170,17 +170,17 @@ def fit(
                 *schedule.callbacks,
                 *early_stopping,
                 StopOnDivergence(),
-                *callbacks,
+                *epoch_metrics,
                 best,
                 epochs,
-                MlflowMetrics(),
+                *callbacks,
             ],
             verbose=trainer.verbose,
         )
-        _check_finite(epochs.state.history, cfg)
+        _check_finite(epochs.history, cfg)
         if early_stopping and early_stopping[0].stopped_epoch:
             break
-    history = epochs.state.history
+    history = epochs.history
     if best.best is None:
         raise UserError(f"trainer.checkpoint_monitor={best.monitor} never appeared in the logs")
     speeds = [h["images_per_second"] for h in history[1:] or history]
@@ -192,6 +192,17 @@ def fit(
         train_seconds=sum(h["epoch_seconds"] for h in history),
         images_per_second=float(np.median(speeds)),
     )
+
+
+def _restore(model: keras.Model, epochs: EpochCheckpoint, stage: Stage) -> int:
+    """The epoch to go on from, once the checkpoint is back in the compiled model."""
+    initial_epoch = epochs.restore(model)
+    if initial_epoch < stage.first_epoch:
+        raise RuntimeError(
+            f"no readable checkpoint in {epochs.directory} from epoch {stage.first_epoch} "
+            "(this stage's start) on; run the same command again to start this job afresh"
+        )
+    return initial_epoch
 
 
 def _check_finite(history: list[dict], cfg: DictConfig) -> None:
