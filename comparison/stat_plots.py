@@ -105,10 +105,29 @@ def plot_reliability(significance: Significance, path: Path) -> Path:
             label="gap to confidence",
         )
         ax.plot([0, 1], [0, 1], "k--", lw=1)
+        # Images per bin: a tall bar over a handful of images says little.
+        tops = np.fmax(binned.accuracy, binned.confidence)
+        for center, top, count in zip(
+            centers[filled], tops[filled], binned.counts[filled], strict=True
+        ):
+            inside = top > 0.85  # no room above: write it inside the bar, in white
+            ax.text(
+                center,
+                top - 0.02 if inside else top + 0.02,
+                f"{count:,}",
+                rotation=90,
+                ha="center",
+                va="top" if inside else "bottom",
+                fontsize=6,
+                color="white" if inside else "dimgrey",
+            )
         ece = 100 * float(np.mean(stats.ece))
         images = int(binned.counts.sum())
         ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 probability)")
-        ax.set_title(f"{stats.label}\nECE {ece:.2f} %, {images:,} images", fontsize="medium")
+        ax.set_title(
+            f"{stats.label}\nECE {ece:.2f} %, {images:,} images (numbers: images per bin)",
+            fontsize="medium",
+        )
         ax.set_ylabel("accuracy")
         ax.legend(fontsize="x-small", loc="upper left")
     if not shown:

@@ -3,12 +3,14 @@
 import keras
 import numpy as np
 import pytest
+from test_fit import StopAfter, _setup
 
 from callbacks.train_eval import TRAIN_EVAL_KEY, TrainEvalTop1, train_subset
 from comparison.predictions import read_predictions
 from data.cifar100 import Split
 from models.alexnet import build_alexnet
 from training.evaluate import predictions_from_logits
+from training.fit import fit
 
 AUGMENT = {"crop_padding": 4, "flip": True}
 
@@ -91,3 +93,27 @@ def test_predictions_round_trip_through_the_artifact_file(tmp_path):
     assert read.test_fingerprint == predictions.test_fingerprint
     other = predictions_from_logits(logits, _data(n=50, classes=7, seed=2))
     assert other.test_fingerprint != predictions.test_fingerprint  # other images, other print
+
+
+def test_a_resumed_fit_keeps_the_curve_of_the_epochs_before(tmp_path, data_cache):
+    """epoch_metrics run before the checkpoint: the history a resume re-logs holds them."""
+    cfg, data, model = _setup("scratch", data_cache, epochs=2)
+    curve = [TrainEvalTop1.from_split(data.train, size=64, batch_size=32)]
+    fit(model, data, cfg, tmp_path, epoch_metrics=curve, callbacks=[StopAfter(1)])
+
+    cfg, data, model = _setup("scratch", data_cache, epochs=2)
+    heard, logged = [], keras.callbacks.History()
+    fit(
+        model,
+        data,
+        cfg,
+        tmp_path,
+        resume=True,
+        on_resume=lambda epochs_done, history: heard.append(history),
+        epoch_metrics=[TrainEvalTop1.from_split(data.train, size=64, batch_size=32)],
+        callbacks=[logged],
+    )
+    (history,) = heard
+    assert len(history) == 1 and 0 <= history[0][TRAIN_EVAL_KEY] <= 1
+    assert history[0]["train_eval_images"] == 64
+    assert logged.epoch == [1] and TRAIN_EVAL_KEY in logged.history
