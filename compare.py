@@ -10,15 +10,14 @@ experiment or sweep is reported in one line on stderr with exit code 2.
 """
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-# As in tracking/job.py: MLflow's telemetry thread races requests over os.environ offline.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import tracking  # noqa: F401  (first: it turns MLflow's telemetry off before MLflow loads)
 
-from comparison import StoreError, load_sweep, write_report  # noqa: E402
-from errors import UserError  # noqa: E402
+# isort: split
+from comparison import StoreError, load_sweep, write_report
+from errors import UserError
 
 FLAGS = {"tracking_uri": "--tracking-uri", "experiment": "--experiment", "sweep": "--sweep"}
 

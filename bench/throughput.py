@@ -33,6 +33,7 @@ import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before Keras imports TensorFlow
+os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # as train.py
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python bench/throughput.py` puts bench/ first, not the repo
     sys.path.insert(0, str(REPO))
@@ -42,7 +43,6 @@ import datetime  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from collections import Counter  # noqa: E402
@@ -57,6 +57,7 @@ from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from errors import UserError  # noqa: E402
 from models.preprocessing import image_input  # noqa: E402
+from training import device as devices  # noqa: E402
 from training.fit import build_model, compile_stage, plan_stages  # noqa: E402
 from training.session import distribution_scope, start_session  # noqa: E402
 from training.validation import check_config  # noqa: E402
@@ -230,41 +231,6 @@ def count_forward_flops(model: keras.Model) -> FlopCount:
 
 
 # ---------------------------------------------------------------------------- devices
-
-
-def _cpu_name() -> str:
-    name = platform.processor() or "CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"CPU: {name}, {cores} cores"
-
-
-def device_name() -> str:
-    """The accelerator the backend computes on (the first of them), else the CPU."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        device = jax.devices()[0]
-        if device.platform != "cpu":
-            return f"{device.platform.upper()}: {device.device_kind} x{jax.device_count()}"
-    elif backend == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        if gpus:
-            details = tf.config.experimental.get_device_details(gpus[0])
-            return f"GPU: {details.get('device_name', gpus[0].name)} x{len(gpus)}"
-    elif backend == "torch":
-        import torch
-
-        if torch.cuda.is_available():
-            return f"GPU: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
-    return _cpu_name()
 
 
 def device_peak_memory() -> tuple[int | None, str | None]:
@@ -459,6 +425,8 @@ def run_benchmark(cfg: DictConfig) -> list[dict]:
     check_config(cfg)
     bench = cfg.bench
     _check_bench(bench)
+    device = devices.detect()
+    cfg.trainer.precision = devices.resolve_precision(cfg.trainer.precision, device)
     start_session(cfg.trainer.precision, cfg.seed)
     data = ImageShapes(cfg.data.num_classes, cfg.data.image_size)
     stages = plan_stages(cfg)
@@ -501,7 +469,10 @@ def run_benchmark(cfg: DictConfig) -> list[dict]:
         "jit_blockers": jit_blockers(model),
         "steps_per_execution": int(cfg.trainer.steps_per_execution),
         **_versions(),
-        "device": device_name(),
+        "device": device.label,
+        "device_kind": device.kind,
+        "device_name": device.name,
+        "compute_capability": device.compute_capability,
         "params": int(model.count_params()),
         "trainable_params": int(sum(math.prod(w.shape) for w in model.trainable_weights)),
         "forward_flops_per_image": flops.flops,

@@ -14,15 +14,13 @@ from pathlib import Path
 
 import keras
 
+from callbacks.monitor import monitor_mode
+
 log = logging.getLogger(__name__)
 
 # The counters of ReduceLROnPlateau, EarlyStopping and the best checkpoint, saved with every
 # epoch so a resumed run keeps its patience and its best value.
 STATE_ATTRIBUTES = ("wait", "best", "best_epoch", "cooldown_counter", "stopped_epoch")
-
-
-def _monitor_mode(monitor: str) -> str:
-    return "min" if monitor.endswith("loss") else "max"
 
 
 def _atomic_save(save, path: Path) -> None:
@@ -55,7 +53,7 @@ class BestCheckpoint(keras.callbacks.Callback):
         super().__init__()
         self.path = Path(path)
         self.monitor = monitor
-        self.mode = _monitor_mode(monitor)
+        self.mode = monitor_mode(monitor)
         self.best = None
         self.best_epoch = None
 

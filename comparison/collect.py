@@ -8,8 +8,6 @@ run more than once (a FAILED attempt, then a re-run) only the latest started run
 import math
 import re
 import sqlite3
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +17,8 @@ from mlflow import MlflowClient
 from mlflow.entities import Run, ViewType
 from mlflow.exceptions import MlflowException
 
-from errors import UserError
+from errors import UserError, one_line
+from tracking.store import server_silence
 
 SQLITE_PREFIX = "sqlite:///"
 PARENT_FILTER = "tags.sweep_parent = 'true'"
@@ -144,16 +143,13 @@ def _check_sqlite(uri: str, path: Path) -> None:
 
 
 def _check_server(uri: str) -> None:
-    try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):
-            pass
-    except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
+    reason = server_silence(uri)
+    if reason is not None:
         raise StoreError(
             "tracking_uri",
             uri,
             f"no MLflow server answers ({reason}); start it or pass sqlite:///<path>/mlflow.db",
-        ) from None
+        )
 
 
 @contextmanager
@@ -161,9 +157,8 @@ def _store_errors(uri: str) -> Iterator[None]:
     try:
         yield
     except MlflowException as error:
-        first_line = (str(error).strip().splitlines() or ["no detail"])[0]
         raise StoreError(
-            "tracking_uri", uri, f"the store refused ({first_line}); check the URI"
+            "tracking_uri", uri, f"the store refused ({one_line(error)}); check the URI"
         ) from None
 
 

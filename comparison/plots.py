@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from comparison.table import Row
+from comparison.table import SPEED_FIELDS, Row
 
 SERIES_KEY = "Description"
 
@@ -120,6 +120,9 @@ def _scatter(rows: Sequence[Row], path: Path, x_field: str, xlabel: str, log_x: 
     figure = _figure(8, 5.5)
     ax = figure.add_subplot()
     series = 0
+    shown = [row for row in rows if row.test_top1 is not None and getattr(row, x_field)]
+    # Times from different devices on one axis: each point says where it ran.
+    by_device = len({row.device for row in shown}) > 1 and x_field in SPEED_FIELDS
     for index, row in enumerate(rows):
         x_stat = getattr(row, x_field)
         if row.test_top1 is None or x_stat is None:
@@ -127,7 +130,8 @@ def _scatter(rows: Sequence[Row], path: Path, x_field: str, xlabel: str, log_x: 
         x, y = x_stat.mean, row.test_top1.mean * 100
         yerr = None if row.test_top1.std is None else row.test_top1.std * 100
         ax.errorbar(x, y, yerr=yerr, fmt="o", capsize=3, color=f"C{index % 10}")
-        ax.annotate(row.label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        text = f"{row.label} [{row.device}]" if by_device else row.label
+        ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
         series += 1
     if log_x and series:
         ax.set_xscale("log")

@@ -32,7 +32,7 @@ from comparison.reference import REFERENCE
 from comparison.significance import Significance, analyse
 from comparison.stat_plots import RELIABILITY, TOP1_INTERVALS, TRAIN_VAL_CURVES, write_stat_plots
 from comparison.table import Row, build_rows, cells, headers, markdown_table, varied_keys, write_csv
-from errors import UserError
+from errors import UserError, one_line
 
 MARKDOWN = "comparison.md"
 CSV = "comparison.csv"
@@ -135,7 +135,7 @@ def _log_artifacts(sweep: SweepRecord, paths: Sequence[Path], out_dir: Path) -> 
             client.log_artifact(sweep.parent_run_id, str(path), ARTIFACT_DIR)
     except (OSError, MlflowException) as error:
         # A store copied from another machine keeps that machine's artifact location.
-        reason = " ".join(str(error).split())[:200]
+        reason = one_line(error, 200)
         raise UserError(
             f"cannot log the report to parent run {sweep.parent_run_id} ({reason}); "
             f"the files are in {out_dir}; skip logging with compare.py --no-log "

@@ -20,6 +20,11 @@ NOT_VARIED = ("model", "seed")
 STATUS_ORDER = {"FINISHED": 0, "RUNNING": 1, "SCHEDULED": 2, "FAILED": 3, "KILLED": 4}
 SUPERCLASS_PREFIX = "test_top1_superclass/"
 
+# What a run without a `device` tag (one logged before runs recorded it) shows.
+UNKNOWN_DEVICE = "unknown device"
+# Speeds are only comparable on one device: a row whose runs ran on several shows none.
+SPEED_FIELDS = ("train_seconds", "images_per_second")
+
 # Row field -> the final metric it averages.
 FINAL_METRICS = {
     "best_val_top1": "best_val_top1",
@@ -68,6 +73,7 @@ class Row:
     train_seconds: Stat | None
     images_per_second: Stat | None
     reference_top1: float | None  # %, the reference study's
+    devices: tuple[str, ...] = ()  # the runs' `device` tags, each once
     superclass_top1: dict[str, float] = field(default_factory=dict)  # mean fraction
     val_top1_curve: tuple[float, ...] = ()  # mean over seeds per epoch
     val_top1_curve_std: tuple[float, ...] = ()
@@ -89,6 +95,14 @@ class Row:
     def error(self) -> str | None:
         errors = [run.error for run in self.runs if run.error]
         return "; ".join(errors) or None
+
+    @property
+    def device(self) -> str:
+        return " / ".join(self.devices)
+
+    @property
+    def mixed_devices(self) -> bool:
+        return len(self.devices) > 1
 
     @property
     def delta_top1(self) -> float | None:
@@ -172,6 +186,10 @@ def _row(key: tuple, runs: list[RunRecord]) -> Row:
         name.removeprefix(SUPERCLASS_PREFIX): _stat(runs, name).mean for name in superclasses
     }
     curve, curve_std = _mean_curve([run.val_top1 for run in runs])
+    devices = tuple(sorted({run.tags.get("device") or UNKNOWN_DEVICE for run in runs}))
+    finals = {name: _stat(runs, metric) for name, metric in FINAL_METRICS.items()}
+    if len(devices) > 1:  # a mean over different devices' speeds means nothing
+        finals.update(dict.fromkeys(SPEED_FIELDS))
     return Row(
         architecture=architecture,
         strategy=strategy,
@@ -181,8 +199,9 @@ def _row(key: tuple, runs: list[RunRecord]) -> Row:
         param_count=_stat(runs, "param_count"),
         input_size=_joined(run.params.get("model.input_size") for run in runs),
         backend=backend,
-        **{name: _stat(runs, metric) for name, metric in FINAL_METRICS.items()},
+        **finals,
         reference_top1=reference_top1(architecture),
+        devices=devices,
         superclass_top1=superclass_top1,
         val_top1_curve=curve,
         val_top1_curve_std=curve_std,
@@ -253,12 +272,17 @@ def _signed(value: float | None) -> str:
 
 def _note(row: Row, width: int | None) -> str:
     if row.status == "FINISHED":
-        return ""
-    text = row.error or ("no final metrics yet" if row.status == "RUNNING" else "")
+        text = "seeds ran on different devices: speed not averaged" if row.mixed_devices else ""
+    else:
+        text = row.error or ("no final metrics yet" if row.status == "RUNNING" else "")
     text = " ".join(text.split())
     if width and len(text) > width:
         text = text[: width - 1] + "…"
     return text
+
+
+def _speed(row: Row, stat: Stat | None, digits: int) -> str:
+    return "mixed devices" if row.mixed_devices else _plain(stat, digits)
 
 
 def _integral(stat: Stat) -> bool:
@@ -278,6 +302,7 @@ def headers(varied: Sequence[str]) -> list[str]:
         "test top-1 (%)",
         "test top-5 (%)",
         "epochs",
+        "device",
         "train time (s)",
         "images/s",
         "reference top-1 (%)",
@@ -303,8 +328,9 @@ def cells(row: Row, note_width: int | None = 100) -> list[str]:
         _pct(row.test_top1),
         _pct(row.test_top5),
         _plain(row.epochs_run, epochs),
-        _plain(row.train_seconds, 0),
-        _plain(row.images_per_second, 0),
+        row.device,
+        _speed(row, row.train_seconds, 0),
+        _speed(row, row.images_per_second, 0),
         "" if reference is None else f"{reference:.2f}",
         _signed(row.delta_top1),
         row.status,
@@ -321,7 +347,7 @@ def _num(value: float | None, digits: int) -> str:
 
 def csv_header(varied: Sequence[str]) -> list[str]:
     columns = ["strategy", "architecture", *varied, "status", "n", "seeds", "param_count"]
-    columns += ["input_size", "backend"]
+    columns += ["input_size", "backend", "device"]
     for name in FINAL_METRICS:
         unit = "_pct" if name in ("best_val_top1", "test_top1", "test_top5") else ""
         columns += [f"{name}{unit}", f"{name}{unit}_std"]
@@ -333,7 +359,7 @@ def csv_values(row: Row) -> list[str]:
     values = [row.strategy, row.architecture, *(v for _, v in row.varied)]
     values += [row.status, str(row.n), " ".join(row.seeds)]
     params = None if row.param_count is None else row.param_count.mean
-    values += [_num(params, 0), row.input_size, row.backend]
+    values += [_num(params, 0), row.input_size, row.backend, row.device]
     for name in FINAL_METRICS:
         stat: Stat | None = getattr(row, name)
         scale, digits = (100, 4) if name in ("best_val_top1", "test_top1", "test_top5") else (1, 2)

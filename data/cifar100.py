@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from data import synthetic
-from errors import UserError
+from errors import UserError, one_line
 from hf_hub import hub_reachable
 
 DEFAULT_HUB_ID = "uoft-cs/cifar100"
@@ -166,7 +166,7 @@ def _load_local(folder: Path, cache_dir: Path, key_name: str) -> dict[str, np.nd
                 splits = datasets.load_dataset(str(folder), cache_dir=hf_cache)
             except (datasets.exceptions.DatasetsError, FileNotFoundError, ValueError) as error:
                 raise UserError(
-                    f"{key_name}: datasets cannot read {folder} ({_first_line(error)}); "
+                    f"{key_name}: datasets cannot read {folder} ({one_line(error)}); "
                     f"point it at a CIFAR-100 copy in the hub's parquet layout, e.g. {SHARED_HINT}"
                 ) from None
             arrays = _decode(splits, f"{key_name} ({folder})")
@@ -209,11 +209,10 @@ def _load_hub(hub_id: str, cache_dir: Path) -> dict[str, np.ndarray]:
         ) from None
     except datasets.exceptions.DatasetNotFoundError as error:
         raise UserError(
-            f"data.hub_id={hub_id}: {_first_line(error)}; "
-            f"set data.hub_id={DEFAULT_HUB_ID} or {local}"
+            f"data.hub_id={hub_id}: {one_line(error)}; set data.hub_id={DEFAULT_HUB_ID} or {local}"
         ) from None
     except (datasets.exceptions.DatasetsError, FileNotFoundError, ValueError) as error:
-        raise UserError(f"data.hub_id={hub_id}: {_first_line(error)}; {local}") from None
+        raise UserError(f"data.hub_id={hub_id}: {one_line(error)}; {local}") from None
     finally:
         datasets.config.HF_HUB_OFFLINE = previous
 
@@ -430,9 +429,3 @@ def _fingerprint(splits, class_names, superclass_names) -> str:
             digest.update(np.ascontiguousarray(array).data)
     digest.update(repr((list(class_names), list(superclass_names))).encode())
     return digest.hexdigest()[:16]
-
-
-def _first_line(error: BaseException, limit: int = 300) -> str:
-    """The start of an error message from datasets, fit for a one-line UserError."""
-    text = (str(error).strip() or type(error).__name__).splitlines()[0]
-    return text if len(text) <= limit else text[: limit - 1] + "…"

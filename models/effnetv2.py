@@ -5,7 +5,7 @@ pooled, as a nested layer named "backbone"; a Dropout and the "logits" Dense fol
 keras.applications rescales 0-255 inputs itself, so `preprocess` only augments and
 resizes. Both strategies return the backbone frozen (`trainable=False`, which also puts
 its BatchNorm layers in inference mode) and called with training=False; for `finetune`,
-train.py unfreezes it after `model.head_epochs`. Keras 3's Functional lets the training
+training/fit.py unfreezes it after `model.head_epochs`. Keras 3's Functional lets the training
 flag of `fit` override a nested call's training=False (keras-team/keras#20285), so after
 the unfreeze it is the BatchNorm layers' own trainable=False that keeps them in
 inference mode.
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 import keras
 from keras import layers
 
-from errors import UserError
+from errors import UserError, one_line
 from models.preprocessing import image_input, preprocess
 
 VARIANTS = {
@@ -51,12 +51,6 @@ def _backbone_weights(pretrained: bool, weights: str | None) -> str | None:
 def _is_download_failure(error: Exception) -> bool:
     # keras.utils.get_file turns HTTP and URL errors into a bare Exception with this text.
     return isinstance(error, OSError) or "URL fetch failure" in str(error)
-
-
-def _one_line(error: Exception, limit: int = 300) -> str:
-    # Keras' load errors quote whole weight tensors: keep the head, on one line.
-    text = " ".join(str(error).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def build_effnetv2(
@@ -108,7 +102,7 @@ def build_effnetv2(
                 include_preprocessing=True,
             )
     except Exception as error:
-        reason = _one_line(error)
+        reason = one_line(error)
         if source == "imagenet" and _is_download_failure(error):
             raise UserError(
                 f"could not download the ImageNet weights of EfficientNetV2-{variant_key} "

@@ -21,7 +21,7 @@ from keras_hub.src.utils.transformers.preset_loader import TransformersPresetLoa
 from keras_hub.src.utils.transformers.safetensor_utils import SafetensorLoader
 from safetensors import SafetensorError
 
-from errors import UserError
+from errors import UserError, one_line
 from hf_hub import hub_reachable
 
 HF_SCHEME = "hf://"
@@ -85,11 +85,6 @@ class ViTCheckpoint:
         return len(self.config.get("id2label") or {}) or None
 
 
-def _one_line(error: Exception, limit: int = 300) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def _fetch_from_hub(checkpoint: str) -> Path:
     """Downloads (or finds in the cache) a hub checkpoint's files; returns their folder."""
     from huggingface_hub import constants, hf_hub_download
@@ -109,7 +104,7 @@ def _fetch_from_hub(checkpoint: str) -> Path:
         except HFValidationError as error:
             raise UserError(
                 f"model.checkpoint={checkpoint} is not a Hugging Face model id "
-                f"({_one_line(error)}); use hf://<org>/<name>, or {HINT}"
+                f"({one_line(error)}); use hf://<org>/<name>, or {HINT}"
             ) from error
         except RepositoryNotFoundError as error:
             raise UserError(
@@ -134,7 +129,7 @@ def _fetch_from_hub(checkpoint: str) -> Path:
         except OSError as error:  # HTTP errors, a full disk
             raise UserError(
                 f"model.checkpoint={checkpoint}: downloading {filename} failed "
-                f"({_one_line(error)}); {HINT}"
+                f"({one_line(error)}); {HINT}"
             ) from error
 
     config = fetch(CONFIG_FILE, required=True)
@@ -154,7 +149,7 @@ def _read_json(path: Path, checkpoint: str) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise UserError(
-            f"model.checkpoint={checkpoint}: cannot read {path.name} ({_one_line(error)}); {HINT}"
+            f"model.checkpoint={checkpoint}: cannot read {path.name} ({one_line(error)}); {HINT}"
         ) from error
 
 
@@ -229,7 +224,7 @@ def load_backbone(checkpoint: ViTCheckpoint, source: str) -> ViTBackbone:
         # A missing key or a tensor of the wrong shape: the weights do not match config.json.
         raise UserError(
             f"model.checkpoint={source}: its weights do not load into the ViT its config.json "
-            f"describes ({_one_line(error)}); {HINT}"
+            f"describes ({one_line(error)}); {HINT}"
         ) from error
     return backbone
 
@@ -241,5 +236,5 @@ def port_classifier(logits: layers.Dense, checkpoint: ViTCheckpoint, source: str
             weights.port_weight(logits.bias, "classifier.bias")
     except LOAD_ERRORS as error:
         raise UserError(
-            f"model.checkpoint={source}: its classifier does not load ({_one_line(error)}); {HINT}"
+            f"model.checkpoint={source}: its classifier does not load ({one_line(error)}); {HINT}"
         ) from error

@@ -26,8 +26,8 @@ BN_EPSILON = 1e-5
 
 
 def _classifier_init():
-    # torchvision's N(0, 0.01) for the FC layers: He-normal FCs on max-pooled features
-    # start CIFAR-100 at a loss near 25 (BN-free AlexNet) instead of ln(100) = 4.6.
+    # torchvision's N(0, 0.01) for the FC layers, as in alexnet.py: He-normal FCs on
+    # max-pooled features start CIFAR-100 far above a loss of ln(100) = 4.6.
     return keras.initializers.RandomNormal(stddev=0.01)
 
 

@@ -14,26 +14,21 @@ import shutil
 import traceback
 from pathlib import Path
 
-# MLflow's usage telemetry thread deletes an environment variable when it cannot reach its
-# endpoint (offline, here), while requests iterates os.environ for proxies: a KeyError that
-# fails a run's first call to a tracking server. Set before MLflow is first imported.
-os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+import mlflow
+from hydra.core.hydra_config import HydraConfig
+from mlflow.entities import Run
+from omegaconf import DictConfig, OmegaConf
 
-import mlflow  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from mlflow.entities import Run  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-
-from errors import UserError  # noqa: E402
-from tracking.params import (  # noqa: E402
+from errors import UserError
+from tracking.params import (
     config_identity,
     flatten_params,
     public_config,
     public_overrides,
 )
-from tracking.results import log_model_summary  # noqa: E402
-from tracking.store import connect  # noqa: E402
-from tracking.sweep import current_sweep, write_outcome  # noqa: E402
+from tracking.results import log_model_summary
+from tracking.store import connect
+from tracking.sweep import current_sweep, write_outcome
 
 log = logging.getLogger("train")
 

@@ -31,7 +31,8 @@ def git_commit() -> str:
     return f"{head}-dirty" if dirty else head
 
 
-def run_tags(cfg: DictConfig, data) -> dict[str, str]:
+def run_tags(cfg: DictConfig, data, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Provenance tags; `extra` carries what the caller found out (device, library versions)."""
     return {
         "strategy": cfg.model.strategy,
         "backend": keras.backend.backend(),
@@ -39,6 +40,8 @@ def run_tags(cfg: DictConfig, data) -> dict[str, str]:
         "git_commit": git_commit(),
         "dataset_id": data.dataset_id,
         "dataset_fingerprint": data.fingerprint,
+        "version.mlflow": mlflow.__version__,
+        **(extra or {}),
     }
 
 
@@ -86,17 +89,16 @@ def log_results(fit_result, evaluation, data) -> None:
 
 
 def _plot_confusion(confusion: np.ndarray, names: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # The figure API on the Agg canvas, as in comparison/plots.py: no pyplot backend switch.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    fig, ax = plt.subplots(figsize=(16, 16))
+    fig = Figure(figsize=(16, 16), layout="tight")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     ConfusionMatrixDisplay(confusion, display_labels=names).plot(
         ax=ax, include_values=False, xticks_rotation="vertical", colorbar=False
     )
     ax.tick_params(labelsize=5)
-    fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

@@ -9,7 +9,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig
 
-from errors import UserError
+from errors import UserError, one_line
 
 SQLITE_PREFIX = "sqlite:///"
 
@@ -27,16 +27,22 @@ def _probe_folder(folder: Path, key: str) -> None:
         ) from None
 
 
-def _probe_server(uri: str) -> None:
+def server_silence(uri: str) -> str | None:
+    """Why the MLflow server at `uri` does not answer its /health probe; None when it does."""
     try:
         with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=10):
-            pass
+            return None
     except (urllib.error.URLError, OSError) as error:
-        reason = getattr(error, "reason", error)
+        return str(getattr(error, "reason", error))
+
+
+def _probe_server(uri: str) -> None:
+    reason = server_silence(uri)
+    if reason is not None:
         raise UserError(
             f"tracking.uri={uri}: no MLflow server answers ({reason}); start one with "
             "`mlflow server --host 127.0.0.1 --port 5000` or use the default sqlite store"
-        ) from None
+        )
 
 
 def local_path(location: str | None) -> Path | None:
@@ -86,5 +92,4 @@ def connect(tracking: DictConfig) -> str:
                 raise
             return experiment.experiment_id
     except MlflowException as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise UserError(f"tracking.uri={uri}: the store refused ({first_line})") from None
+        raise UserError(f"tracking.uri={uri}: the store refused ({one_line(error)})") from None

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from callbacks.checkpoints import BestCheckpoint, EpochCheckpoint
 from callbacks.epoch_stats import EpochStats, StopOnDivergence
+from callbacks.monitor import monitor_mode
 from data.cifar100 import Cifar100
 from errors import UserError
 from training.losses import classification_loss
@@ -113,7 +114,7 @@ def _early_stopping(cfg: DictConfig) -> list[keras.callbacks.Callback]:
             monitor=early.monitor,
             patience=early.patience,
             min_delta=early.min_delta,
-            mode="min" if early.monitor.endswith("loss") else "max",
+            mode=monitor_mode(early.monitor),
         )
     ]
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import keras
 from keras.optimizers import schedules
 
+from callbacks.monitor import monitor_mode
+
 
 @dataclass
 class Schedule:
@@ -73,12 +75,15 @@ def plateau(
     patience: int = 3,
     min_lr: float = 1e-6,
 ) -> Schedule:
-    mode = "min" if monitor.endswith("loss") else "max"
     return Schedule(
         lr,
         [
             keras.callbacks.ReduceLROnPlateau(
-                monitor=monitor, factor=factor, patience=patience, min_lr=min_lr, mode=mode
+                monitor=monitor,
+                factor=factor,
+                patience=patience,
+                min_lr=min_lr,
+                mode=monitor_mode(monitor),
             )
         ],
     )

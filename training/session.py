@@ -12,7 +12,8 @@ import keras
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16")
+# auto: resolved per device by training.device.resolve_precision before a session starts.
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16", "bfloat16")
 
 
 def start_session(precision: str, seed: int) -> None:
