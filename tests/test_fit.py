@@ -21,7 +21,13 @@ CASES = {
 
 
 def _setup(case: str, cache, epochs: int = 3):
-    overrides = [*CASES[case], "experiment=smoke", f"trainer.epochs={epochs}"]
+    # float32 as precision=auto resolves on a CPU (train.py resolves it per device).
+    overrides = [
+        *CASES[case],
+        "experiment=smoke",
+        f"trainer.epochs={epochs}",
+        "trainer.precision=float32",
+    ]
     with initialize_config_dir(str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=[*overrides, f"data.cache_dir={cache}"])
     start_session(cfg.trainer.precision, cfg.seed)
