@@ -6,36 +6,45 @@
 
 Compose (Hydra) → data → model → fit → evaluate → log. A run whose config already
 FINISHED is skipped, an interrupted one resumes; `resume=false` starts afresh.
+
+Keras, TensorFlow and MLflow load only once a job runs, so `--help`, `--cfg job` and config
+errors answer at once.
 """
 
+import logging
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before Keras imports TensorFlow
+import hydra
+from omegaconf import DictConfig
+
+import cli.help  # noqa: F401 (registers the resolver --help lists the groups with)
+from cli.overrides import check_override_keys
+from cli.quiet import set_switches
+
+set_switches()
 # TensorFlow takes a GPU's memory as it needs it, not all at start, so parallel jobs can
 # share one card. Read when TensorFlow first initializes a GPU; `=false` in the env wins.
 os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")
-
-import logging  # noqa: E402
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from callbacks.train_eval import TrainEvalTop1  # noqa: E402
-from data.cifar100 import load_cifar100  # noqa: E402
-from tracking.job import TrackedJob  # noqa: E402
-from tracking.mlflow_metrics import MlflowMetrics  # noqa: E402
-from tracking.results import log_results, run_tags  # noqa: E402
-from training import device as devices  # noqa: E402
-from training.evaluate import evaluate  # noqa: E402
-from training.fit import build_model, fit  # noqa: E402
-from training.session import distribution_scope, start_session  # noqa: E402
-from training.validation import check_config  # noqa: E402
 
 log = logging.getLogger("train")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
+    from cli.quiet import start_devices
+
+    start_devices()
+
+    from data.cifar100 import load_cifar100
+    from tracking.job import TrackedJob
+    from tracking.mlflow_metrics import MlflowMetrics
+    from tracking.results import log_results, run_tags
+    from training import device as devices
+    from training.evaluate import evaluate
+    from training.fit import build_model, fit
+    from training.session import distribution_scope, start_session
+    from training.validation import check_config
+
     with TrackedJob(cfg) as job:
         check_config(cfg)
         device = devices.detect()
@@ -62,7 +71,7 @@ def main(cfg: DictConfig) -> float:
                 resume=job.resuming,
                 on_resume=job.continue_from,
                 epoch_metrics=train_eval(cfg, data),
-                callbacks=[MlflowMetrics()],
+                callbacks=[MlflowMetrics(), *progress(cfg)],
             )
 
         evaluation = evaluate(result.best_checkpoint, data, cfg.trainer.batch_size)
@@ -76,8 +85,36 @@ def train_eval(cfg: DictConfig, data) -> list:
     size = cfg.trainer.train_eval_size
     if not size:
         return []
+    from callbacks.train_eval import TrainEvalTop1
+
     return [TrainEvalTop1.from_split(data.train, size, cfg.trainer.batch_size)]
 
 
+def progress(cfg: DictConfig) -> list:
+    """The per-epoch lines, labelled `[k/N] architecture` in a sweep."""
+    if not cfg.trainer.progress:
+        return []
+    from hydra.core.hydra_config import HydraConfig
+
+    from callbacks.progress import EpochProgress
+    from tracking.sweep import current_sweep
+
+    hydra_cfg = HydraConfig.get()
+    label = hydra_cfg.runtime.choices.get("model", cfg.model.name)
+    sweep = current_sweep()
+    jobs_after = None
+    if sweep is not None:
+        number = hydra_cfg.job.num + 1
+        total = sweep.job_count
+        label = f"[{number}/{total or '?'}] {label:<8}"  # effnetv2: the longest name
+        # Jobs side by side (joblib, SLURM) make a sum of epoch times no ETA.
+        if total and hydra_cfg.launcher._target_.endswith("BasicLauncher"):
+            jobs_after = total - number
+    # Keras' own bar (trainer.verbose=1) would fight a live one.
+    live = None if cfg.trainer.verbose == 0 else False
+    return [EpochProgress(label, cfg.trainer.epochs, jobs_after, live=live)]
+
+
 if __name__ == "__main__":
+    check_override_keys()
     main()

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from comparison import significance_table
@@ -31,7 +32,16 @@ from comparison.predictions import load_predictions
 from comparison.reference import REFERENCE
 from comparison.significance import Significance, analyse
 from comparison.stat_plots import RELIABILITY, TOP1_INTERVALS, TRAIN_VAL_CURVES, write_stat_plots
-from comparison.table import Row, build_rows, cells, headers, markdown_table, varied_keys, write_csv
+from comparison.table import (
+    OPTIONAL_COLUMNS,
+    Row,
+    build_rows,
+    compact_cells,
+    compact_headers,
+    markdown_table,
+    varied_keys,
+    write_csv,
+)
 from errors import UserError, one_line
 
 MARKDOWN = "comparison.md"
@@ -125,6 +135,7 @@ def write_report(
     if log_to_parent:
         _log_artifacts(sweep, report.paths, out_dir)
         report = replace(report, logged_to=sweep.parent_run_id)
+    print_paths(report, console)
     return report
 
 
@@ -146,22 +157,33 @@ def _log_artifacts(sweep: SweepRecord, paths: Sequence[Path], out_dir: Path) -> 
 # -- console -----------------------------------------------------------------------------------
 
 
-def rich_table(sweep: SweepRecord, rows: Sequence[Row], varied: Sequence[str]) -> Table:
+def rich_table(
+    sweep: SweepRecord, rows: Sequence[Row], varied: Sequence[str], leave_out: Sequence[str] = ()
+) -> Table:
+    """The compact table. No cell is ever cut: each column is as wide as its widest cell."""
     table = Table(
-        title=f"{sweep.experiment} — sweep {sweep.sweep_id} ({sweep.status})",
-        box=box.SIMPLE_HEAVY,
-        caption="accuracies in %, mean ± sample std over n seeds; "
-        "Δ = ours − the reference study, in points",
+        title=f"sweep {sweep.sweep_id} ({sweep.status})",
+        box=box.SIMPLE_HEAD,
+        caption="accuracies in %, mean±std over n seeds; time: training wall time",
+        caption_justify="left",
+        show_edge=False,
+        collapse_padding=True,
     )
-    names = headers(varied)
-    for index, name in enumerate(names):
-        left = index < 2 + len(varied) or index == len(names) - 1  # labels and the note
-        table.add_column(name, justify="left" if left else "right")
-    for row in rows:
+    names = compact_headers(varied)
+    values = [compact_cells(row) for row in rows]
+    shown = [i for i, name in enumerate(names) if name not in leave_out]
+    labels = 1 + len(varied) + 1  # model, the varied values, strategy
+    for index in shown:
+        width = max((len(row[index]) for row in values), default=0)
+        left = index < labels or names[index] == "status"
+        table.add_column(
+            names[index], justify="left" if left else "right", no_wrap=True, min_width=width
+        )
+    for row, cells in zip(rows, values, strict=True):
         style = STATUS_STYLE.get(row.status, "")
-        values = cells(row, note_width=60)
-        values[-2] = f"[{style}]{row.status}[/]" if style else row.status
-        table.add_row(*values)
+        cells = [escape(cell) for cell in cells]
+        cells[-1] = f"[{style}]{row.status}[/]" if style else row.status
+        table.add_row(*(cells[i] for i in shown))
     return table
 
 
@@ -172,17 +194,39 @@ def print_table(
     console: Console | None = None,
     significance: Significance | None = None,
 ) -> None:
-    tables = [rich_table(sweep, rows, varied)]
+    """Prints the compact table, leaving out optional columns until it fits the console."""
+    console = console or Console()
+    unbounded = Console(width=10_000)  # measures the table's natural width
+    leave_out: list[str] = []
+    table = rich_table(sweep, rows, varied)
+    for column in OPTIONAL_COLUMNS:
+        if unbounded.measure(table).maximum <= console.width:
+            break
+        leave_out.append(column)
+        table = rich_table(sweep, rows, varied, leave_out)
+    console.print(table)
+    for row in rows:
+        if row.status != "FINISHED":
+            detail = row.error or ("still running" if row.status == "RUNNING" else "no error")
+            console.print(
+                f"{row.status} {row.label}: {' '.join(detail.split())}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
     if significance is not None and significance.rows:
-        tables.append(significance_table.rich_table(significance))
-    for table in tables:
-        shown_on = console
-        if shown_on is None:
-            shown_on = Console()
-            if not shown_on.is_terminal:
-                # A log or a pipe: as wide as the table needs, not squeezed into 80 columns.
-                shown_on = Console(width=Console(width=10_000).measure(table).maximum)
-        shown_on.print(table)
+        console.print(significance_table.rich_table(significance))
+
+
+def print_paths(report: "Report", console: Console | None = None) -> None:
+    console = console or Console()
+    lines = [f"full table: {report.markdown}", f"csv: {report.csv}"]
+    if report.plots:
+        lines.append(f"plots: {next(iter(report.plots.values())).parent}/*.png")
+    if report.logged_to:
+        lines.append(f"parent run: {report.logged_to} (files under {ARTIFACT_DIR}/)")
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 # -- Markdown ----------------------------------------------------------------------------------

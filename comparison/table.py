@@ -338,6 +338,46 @@ def cells(row: Row, note_width: int | None = 100) -> list[str]:
     ]
 
 
+# The console's table: what a sweep is judged by. The files keep every column.
+COMPACT_HEADERS = ("val top-1", "test top-1", "top-5", "time", "status")
+# Left out, in this order, while the table is wider than the terminal; the rest always shows.
+OPTIONAL_COLUMNS = ("top-5", "n", "val top-1", "strategy", "time")
+
+
+def _compact_pct(stat: Stat | None) -> str:
+    if stat is None:
+        return ""
+    text = f"{stat.mean * 100:.2f}"
+    return text if stat.std is None else f"{text}±{stat.std * 100:.2f}"
+
+
+def _clock(stat: Stat | None) -> str:
+    if stat is None:
+        return ""
+    minutes, seconds = divmod(round(stat.mean), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+def compact_headers(varied: Sequence[str]) -> list[str]:
+    return ["model", *varied, "strategy", "n", *COMPACT_HEADERS]
+
+
+def compact_cells(row: Row) -> list[str]:
+    """Best val top-1, test top-1 and top-5 in % (mean±std over seeds), train time as m:ss."""
+    return [
+        row.architecture,
+        *(value for _, value in row.varied),
+        row.strategy,
+        str(row.n),
+        _compact_pct(row.best_val_top1),
+        _compact_pct(row.test_top1),
+        _compact_pct(row.test_top5),
+        _clock(row.train_seconds),
+        row.status,
+    ]
+
+
 # -- files -------------------------------------------------------------------------------------
 
 

@@ -142,6 +142,7 @@ def test_flops_of_every_conv_kind():
     }
 
 
+@pytest.mark.slow
 def test_cli_on_tensorflow_writes_json_lines(tmp_path):
     out = tmp_path / "bench.jsonl"
     result = bench_cli(
@@ -169,6 +170,7 @@ def test_cli_on_tensorflow_writes_json_lines(tmp_path):
     assert inference["trainable_params"] == train["trainable_params"] < train["params"]
 
 
+@pytest.mark.slow
 def test_cli_on_jax_compiles_and_appends(tmp_path):
     out = tmp_path / "bench.jsonl"
     out.write_text('{"earlier": true}\n')
@@ -192,6 +194,7 @@ def test_cli_on_jax_compiles_and_appends(tmp_path):
         assert record["jit_compile"] is True and record["jit_blockers"] == []
 
 
+@pytest.mark.slow
 def test_keras_random_translation_turns_xla_off(tmp_path):
     """Keras' RandomTranslation has supports_jit=False, so Keras compiles nothing with
     XLA, even on request: on JAX the whole train step then runs op by op."""
@@ -215,6 +218,7 @@ def test_keras_random_translation_turns_xla_off(tmp_path):
     assert record["forward_flops_per_image"] == 2 * resnet18_cifar_macs(width=8)
 
 
+@pytest.mark.slow
 def test_bad_bench_setting_is_one_line(tmp_path):
     result = bench_cli(*TINY_RESNET, "bench.steps=0", tmp_path=tmp_path)
     assert result.returncode == 1

@@ -6,10 +6,12 @@ nvidia-smi is a real executable script on PATH that prints what the real one pri
 
 import json
 import os
+import signal
 import stat
 import subprocess
 import sys
 from pathlib import Path
+from subprocess import PIPE
 
 import keras
 import pytest
@@ -215,7 +217,16 @@ def test_gpu_check_quick_runs_every_step_and_writes_results_as_it_goes(tmp_path,
     command = [sys.executable, "bench/gpu_check.py", str(dataset), "--quick"]
     command += ["--backends", "jax", "--out", str(out), "--work", str(work)]
     command += ["--minutes", "30"]  # a budget no loaded CI machine runs out of
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    # Its own process group, so a time-out also ends the steps it started.
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=PIPE, stderr=PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=1800)  # as --minutes
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        raise
+    result = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     assert result.returncode == 0, output(result)[-4000:]
     assert sorted(p.name for p in out.iterdir()) == ["results.jsonl", "summary.md"]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]

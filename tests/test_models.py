@@ -379,6 +379,7 @@ print(json.dumps(losses))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_models_train_a_step_on_other_backends(backend):
     env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(REPO)}

@@ -343,6 +343,7 @@ def kill_chain(tmp_path_factory, data_cache):
     return store, records, logs
 
 
+@pytest.mark.slow
 def test_killed_sweep_reruns_to_one_complete_run_per_model(kill_chain):
     store, records, logs = kill_chain
     first = records["during the first model"]
@@ -372,6 +373,7 @@ def test_killed_sweep_reruns_to_one_complete_run_per_model(kill_chain):
     assert records["after the rerun"]["checkpoint_files"] == []
 
 
+@pytest.mark.slow
 def test_resumed_run_continues_the_lr_schedule(kill_chain):
     store, _, _ = kill_chain
     client = store.client()
@@ -386,6 +388,7 @@ def test_resumed_run_continues_the_lr_schedule(kill_chain):
         assert logged == pytest.approx([0.75 * lr, 0.25 * lr, 0.0], abs=1e-7), run.info.run_name
 
 
+@pytest.mark.slow
 def test_finished_runs_are_reused_by_another_sweep(kill_chain, data_cache):
     store, _, _ = kill_chain
     before = {r.info.run_id for r in store.jobs()}
@@ -404,6 +407,7 @@ def test_finished_runs_are_reused_by_another_sweep(kill_chain, data_cache):
     assert sorted(r["status"] for r in rows) == ["FINISHED", "FINISHED"]
 
 
+@pytest.mark.slow
 def test_resume_false_starts_a_fresh_run_beside_the_finished_one(kill_chain, data_cache):
     store, _, _ = kill_chain
     (old,) = [r for r in store.jobs() if r.data.tags["model"] == "alexnet"]
@@ -420,6 +424,7 @@ def test_resume_false_starts_a_fresh_run_beside_the_finished_one(kill_chain, dat
     assert new.data.tags["sweep_id"] != old.data.tags["sweep_id"]
 
 
+@pytest.mark.slow
 def test_the_same_sweep_on_another_backend_is_a_sweep_and_runs_of_its_own(tmp_path, data_cache):
     command = ("-m", "model=alexnet", "experiment=smoke", "trainer.epochs=1")
     for backend in ("tensorflow", "jax", "jax"):
@@ -451,6 +456,7 @@ SLOW_WRITE = (
 )
 
 
+@pytest.mark.slow
 def test_kill_during_a_checkpoint_write_resumes_from_the_epoch_before(tmp_path, data_cache):
     store = Store(tmp_path)
     process = launch(*SLOW_WRITE, root=tmp_path, cache=data_cache, log="a.log")
@@ -484,6 +490,7 @@ def test_kill_during_a_checkpoint_write_resumes_from_the_epoch_before(tmp_path, 
     assert len(store.jobs()) == 1
 
 
+@pytest.mark.slow
 def test_interrupted_run_with_a_truncated_checkpoint_falls_back(tmp_path, data_cache):
     store = Store(tmp_path)
     args = ("-m", "model=alexnet", *SMOKE)
@@ -529,6 +536,7 @@ def test_interrupted_run_with_a_truncated_checkpoint_falls_back(tmp_path, data_c
 # -- failing jobs --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_failing_jobs_are_isolated_recorded_and_summarized(tmp_path, data_cache):
     # lr=1e30 diverges to NaN (StopOnDivergence); val_nope never appears in the logs;
     # val_size=100000 fails while loading the data, before any training. Only the last job,
@@ -573,8 +581,8 @@ def test_failing_jobs_are_isolated_recorded_and_summarized(tmp_path, data_cache)
         assert "Traceback (most recent call last)" in Path(trace).read_text()
         # One clear line per failed job, naming the job and the error.
         job = jobs[run.info.run_id]
-        lines = [line for line in text.splitlines() if f"] - {job} failed: " in line]
-        assert len(lines) == 1 and "[ERROR]" in lines[0] and error in lines[0], (job, lines)
+        lines = [line for line in text.splitlines() if f" {job} failed: " in line]
+        assert len(lines) == 1 and " error: " in lines[0] and error in lines[0], (job, lines)
         failed_jobs.append(job)
     assert "Traceback" not in text
     summary = next(line for line in text.splitlines() if "7 of 8 jobs failed:" in line)
@@ -607,6 +615,7 @@ def assert_parallel_sweep(store: Store, text: str) -> None:
     assert row["n"] == "4" and row["status"] == "FINISHED"
 
 
+@pytest.mark.slow
 def test_joblib_jobs_share_a_fresh_sqlite_store(tmp_path, data_cache):
     result = train_cli(
         *PARALLEL,
@@ -700,6 +709,7 @@ class ServerStore(Store):
         return self.server_uri
 
 
+@pytest.mark.slow
 def test_parallel_jobs_against_a_local_mlflow_server_leak_no_secret(
     mlflow_server, tmp_path, data_cache
 ):
@@ -738,6 +748,7 @@ def test_parallel_jobs_against_a_local_mlflow_server_leak_no_secret(
 # -- data parallel -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("backend", "env", "replicas"),
     [

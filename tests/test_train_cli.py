@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 from conftest import CURVES, MODELS, REPO, Store, output, train_cli
 
+# Every test runs train.py, or reads the smoke sweep it ran.
+pytestmark = pytest.mark.slow
+
 
 def test_smoke_sweep_leaves_five_finished_runs(smoke_sweep):
     store, _ = smoke_sweep
@@ -118,7 +121,7 @@ def test_bad_input_fails_with_one_line_and_no_running_run(overrides, named, tmp_
     text = output(result)
     assert result.returncode != 0
     assert "Traceback" not in text
-    errors = [line for line in text.splitlines() if "[ERROR]" in line]
+    errors = [line for line in text.splitlines() if " error: " in line]
     assert len(errors) == 1 and named in errors[0], text[-3000:]
     assert not Store(tmp_path).runs("attributes.status = 'RUNNING'")
 
@@ -139,7 +142,7 @@ def test_unwritable_tracking_store_is_one_line(tmp_path, data_cache):
     )
     text = output(result)
     assert result.returncode != 0 and "Traceback" not in text
-    errors = [line for line in text.splitlines() if "[ERROR]" in line]
+    errors = [line for line in text.splitlines() if " error: " in line]
     assert len(errors) == 1 and "tracking" in errors[0] and "writable" in errors[0]
 
 

@@ -357,6 +357,7 @@ def test_scratch_tiny_trains_one_step_and_round_trips(tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_other_backends_train_and_load(backend, bare, tmp_path):
     pytest.importorskip(backend)

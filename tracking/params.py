@@ -15,6 +15,7 @@ NOT_IDENTITY = (
     "resume",
     "trainer.verbose",
     "trainer.train_eval_size",  # what is measured each epoch, not what is trained
+    "trainer.progress",
     "data.cache_dir",
     "model.sizes",
 )

@@ -5,6 +5,9 @@ before any job starts, and records its id in the sweep folder. Jobs read it from
 whichever process or machine a launcher puts them on, and pass it as MLflow's
 `parent_run_id`. At the end the callback closes the parent, prints what failed, and exits
 non-zero if anything did.
+
+Hydra instantiates the callback at start-up, for `--help` too, so Keras and MLflow are
+imported only once a sweep starts.
 """
 
 import hashlib
@@ -14,17 +17,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import keras
-import mlflow
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from mlflow.entities import RunStatus
 from omegaconf import DictConfig
-
-from comparison import build_report
-from tracking.params import public_overrides
-from tracking.store import connect
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +34,7 @@ class Sweep:
     sweep_id: str
     parent_run_id: str
     experiment_id: str
+    job_count: int | None = None  # None where the sweeper decides as it goes
 
 
 def sweep_id_for(overrides: list[str], resume: bool, backend: str) -> str:
@@ -56,6 +54,26 @@ def current_sweep() -> Sweep | None:
     return Sweep(**json.loads(path.read_text())) if path.exists() else None
 
 
+def count_jobs(config: DictConfig) -> int | None:
+    """How many jobs the sweep launches: n_trials for Optuna, the grid size for the basic
+    sweeper, None when it cannot be known up front."""
+    sweeper = config.hydra.sweeper
+    if sweeper.get("n_trials") is not None:
+        return int(sweeper.n_trials)
+    if not str(sweeper.get("_target_", "")).endswith("BasicSweeper"):
+        return None
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+    try:
+        overrides = OverridesParser.create().parse_overrides(
+            [*params, *config.hydra.overrides.task]
+        )
+        return len(BasicSweeper.split_arguments(overrides, None)[0])
+    except Exception:  # a sweep syntax only Hydra's own parse understands
+        return None
+
+
 def write_outcome(output_dir: str | Path, **outcome) -> None:
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     (Path(output_dir) / OUTCOME_FILE).write_text(json.dumps(outcome))
@@ -67,9 +85,18 @@ def read_outcomes(sweep_dir: str | Path) -> list[dict]:
 
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from cli.quiet import start_backend
+
+        # First, so TensorFlow starts quietly; the backend is part of the sweep's identity.
+        backend = start_backend()
+        import mlflow
+        from mlflow.entities import RunStatus
+
+        from tracking.params import public_overrides
+        from tracking.store import connect
+
         experiment_id = connect(config.tracking)
         overrides = list(config.hydra.overrides.task)
-        backend = keras.backend.backend()
         sweep_id = sweep_id_for(overrides, config.resume, backend)
         client = mlflow.MlflowClient()
         existing = client.search_runs(
@@ -94,11 +121,19 @@ class SweepCallback(Callback):
         # The summary reports this launch only: a job killed before it ended writes none.
         for stale in sweep_dir.glob(f"*/{OUTCOME_FILE}"):
             stale.unlink()
-        sweep = Sweep(sweep_id, parent_run_id, experiment_id)
+        sweep = Sweep(sweep_id, parent_run_id, experiment_id, count_jobs(config))
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(asdict(sweep)))
-        log.info("sweep %s: parent run %s", sweep_id, parent_run_id)
+        count = sweep.job_count
+        jobs = "? jobs" if count is None else f"{count} job{'' if count == 1 else 's'}"
+        log.info("sweep %s: %s · parent run %s", sweep_id, jobs, parent_run_id)
+        uri = config.tracking.uri
+        log.info("store %s · ui: mlflow ui --backend-store-uri %s", uri, uri)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        import mlflow
+
+        from comparison import build_report
+
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep = Sweep(**json.loads((sweep_dir / SWEEP_FILE).read_text()))
         outcomes = read_outcomes(sweep_dir)
@@ -106,15 +141,15 @@ class SweepCallback(Callback):
         mlflow.MlflowClient().set_terminated(
             sweep.parent_run_id, status="FAILED" if failed else "FINISHED"
         )
-        report = build_report(
+        for outcome in outcomes:
+            log.info("%-8s %s %s", outcome["status"], outcome["job"], outcome.get("error", ""))
+        # The compact table, then where the full one, the CSV and the plots are.
+        build_report(
             config.tracking.uri,
             config.tracking.experiment,
             sweep.sweep_id,
             sweep_dir / "comparison",
         )
-        log.info("comparison: %s", report.paths[0].parent)
-        for outcome in outcomes:
-            log.info("%-8s %s %s", outcome["status"], outcome["job"], outcome.get("error", ""))
         if failed:
             log.error(
                 "%d of %d jobs failed: %s",
