@@ -42,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         sweep = load_sweep(args.tracking_uri, args.experiment, args.sweep)
+        if args.sweep is None:
+            print(sweep.how_chosen)
         out = args.out or Path("reports") / sweep.sweep_id
         report = write_report(sweep, out, log_to_parent=not args.no_log)
     except StoreError as error:

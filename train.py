@@ -13,6 +13,7 @@ errors answer at once.
 
 import logging
 import os
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -36,7 +37,9 @@ def main(cfg: DictConfig) -> float:
     start_devices()
 
     from data.cifar100 import load_cifar100
+    from tracking.datasets import log_datasets
     from tracking.job import TrackedJob
+    from tracking.logged_model import log_best_model
     from tracking.mlflow_metrics import MlflowMetrics
     from tracking.results import log_results, run_tags
     from training import device as devices
@@ -63,6 +66,7 @@ def main(cfg: DictConfig) -> float:
             model = build_model(cfg, data)
             tags = {**device.tags(), **devices.software_versions()}
             job.start(run_tags(cfg, data, tags), model)
+            datasets = log_datasets(data)
             result = fit(
                 model,
                 data,
@@ -75,7 +79,8 @@ def main(cfg: DictConfig) -> float:
             )
 
         evaluation = evaluate(result.best_checkpoint, data, cfg.trainer.batch_size)
-        log_results(result, evaluation, data)
+        model_id = log_best_model(result.best_checkpoint, data, job.name, cfg.tracking.register)
+        log_results(result, evaluation, data, model_id, datasets["test"])
         job.finish(result.best_val_top1)
     return job.objective
 
@@ -115,6 +120,30 @@ def progress(cfg: DictConfig) -> list:
     return [EpochProgress(label, cfg.trainer.epochs, jobs_after, live=live)]
 
 
+# -- the exit code ----------------------------------------------------------------------------
+# Hydra swallows a callback's exception, so a sweep's exit code is decided here, from what the
+# sweep recorded (tracking.sweep.exit_code), never by raising inside a callback.
+
+
+def cli() -> int:
+    """Runs train.py as a command and returns its exit code, saying why in one line."""
+    from tracking.interrupts import exit_status, interrupts_between_store_calls
+    from tracking.sweep import LAUNCH, Launch, exit_code, interrupted
+
+    LAUNCH.__dict__.update(Launch().__dict__)  # a command of its own, also when called twice
+    try:
+        with interrupts_between_store_calls():
+            main()
+    except KeyboardInterrupt as interrupt:
+        name, status = exit_status(interrupt)
+        print(interrupted(name), file=sys.stderr)
+        return status
+    code, why = exit_code()
+    if code:
+        print(why, file=sys.stderr)
+    return code
+
+
 if __name__ == "__main__":
     check_override_keys()
-    main()
+    sys.exit(cli())

@@ -380,7 +380,7 @@ def summary(records: list[dict], args: argparse.Namespace) -> str:
             lines += ["|---|---|---|---|---|---|---|---|"]
             lines.append(
                 f"| {r['backend']} | {r.get('device') or ''} | {r['epochs']} | "
-                f"{'' if top1 is None else f'{100 * top1:.2f}'} | {_num(r.get('train_seconds'))} | "
+                f"{'' if top1 is None else f'{top1:.2f}'} | {_num(r.get('train_seconds'))} | "
                 f"{_num(r['wall_seconds'])} | {_num(r.get('images_per_second'))} | "
                 f"{r.get('status')} |"
             )

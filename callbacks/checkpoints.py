@@ -2,6 +2,8 @@
 
 Every file is written to a temporary name and renamed into place, so a job killed while
 writing leaves the previous checkpoint intact, never a half-written one under the real name.
+A `.keras` file is verified (every zip member's CRC) before it replaces a good one and again
+when a resume picks it; copies, never hard links, so one bad write cannot spoil two names.
 """
 
 import json
@@ -9,6 +11,7 @@ import logging
 import math
 import os
 import shutil
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,27 +26,42 @@ log = logging.getLogger(__name__)
 STATE_ATTRIBUTES = ("wait", "best", "best_epoch", "cooldown_counter", "stopped_epoch")
 
 
-def _atomic_save(save, path: Path) -> None:
+def readable_keras(path: Path) -> bool:
+    """Whether a `.keras` file is whole: a zip whose members all match their CRCs, holding a
+    config and weights. Reads the file once; no model is built."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            return archive.testzip() is None and {"config.json", "model.weights.h5"} <= names
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return False
+
+
+def _atomic(write, path: Path, check=None) -> bool:
+    """Writes via a temporary name; renames it into place only if `check(tmp)` passes.
+    The temporary file never survives, also when the write raises."""
     tmp = path.with_name(f".tmp-{path.name}")
-    save(str(tmp))
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        if check is not None and not check(tmp):
+            return False
+        os.replace(tmp, path)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_save(save, path: Path, check=None) -> bool:
+    return _atomic(lambda tmp: save(str(tmp)), path, check)
 
 
 def _atomic_write_json(data, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    _atomic(lambda tmp: tmp.write_text(json.dumps(data)), path)
 
 
-def _atomic_link(source: Path, path: Path) -> None:
-    """`path` becomes `source`'s content: a hard link (no copy) where the filesystem has them."""
-    tmp = path.with_name(f".tmp-{path.name}")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(source, tmp)
-    except OSError:
-        shutil.copy2(source, tmp)
-    os.replace(tmp, path)
+def _atomic_copy(source: Path, path: Path) -> None:
+    """`path` becomes a copy of `source`: its own inode, never a hard link."""
+    _atomic(lambda tmp: shutil.copyfile(source, tmp), path)
 
 
 class BestCheckpoint(keras.callbacks.Callback):
@@ -67,8 +85,18 @@ class BestCheckpoint(keras.callbacks.Callback):
         if value is None or math.isnan(value) or not self._improved(value):
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_save(self.model.save, self.path)
+        if not _atomic_save(self.model.save, self.path, readable_keras):
+            log.warning("%s: epoch %d's save did not read back", self.path, epoch + 1)
+            return
         self.best, self.best_epoch = float(value), epoch
+
+    def on_train_end(self, logs=None):
+        # The file evaluation will load: a damaged one must fail here, naming itself.
+        if self.best is not None and not readable_keras(self.path):
+            raise RuntimeError(
+                f"{self.path} is damaged on disk; run the same command again to resume from "
+                "the last good epoch checkpoint"
+            )
 
 
 @dataclass
@@ -86,8 +114,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
     Keeps the last `keep` epochs, so a checkpoint corrupted on disk falls back to the one
     before. `restore` (called after compile, before fit) loads the newest readable one; this
     callback then puts the counters back into the `track`ed callbacks once they have reset
-    themselves. `best`'s file is snapshotted with each epoch (a hard link), so a restored
-    epoch also gets back the best model it knew, not one from an epoch it lost.
+    themselves. `best`'s file is snapshotted with each epoch (a copy), so a restored epoch
+    also gets back the best model it knew, not one from an epoch it lost; an epoch whose
+    snapshot does not read back is skipped like one whose weights do not.
     """
 
     def __init__(self, directory: str | Path, best: BestCheckpoint | None = None, keep: int = 2):
@@ -123,7 +152,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
         stem = self.directory / f"epoch-{epoch + 1:04d}"
         _atomic_save(self.model.save_weights, stem.with_suffix(".weights.h5"))
         if self.best is not None and self.best.path.exists():
-            _atomic_link(self.best.path, stem.with_suffix(".best.keras"))
+            _atomic_copy(self.best.path, stem.with_suffix(".best.keras"))
         # The json goes last: a checkpoint counts only once it exists.
         _atomic_write_json(
             {"epochs_done": epoch + 1, "history": history, "callbacks": self.state.callbacks},
@@ -192,6 +221,7 @@ class EpochCheckpoint(keras.callbacks.Callback):
             weights = meta.with_suffix("").with_suffix(".weights.h5")
             try:
                 state = json.loads(meta.read_text())
+                self._check_best_snapshot(meta, state)
                 model.load_weights(weights)
             except Exception as error:  # any unreadable file: fall back to the one before
                 log.warning("checkpoint %s is unreadable (%s); trying an older one", meta, error)
@@ -211,6 +241,16 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 variable.assign(value)
         return 0
 
+    def _check_best_snapshot(self, meta: Path, state: dict) -> None:
+        """An epoch that knew a best model must still have it, readable."""
+        if self.best is None:
+            return
+        if state["callbacks"].get(type(self.best).__name__, {}).get("best") is None:
+            return
+        snapshot = meta.with_suffix("").with_suffix(".best.keras")
+        if not readable_keras(snapshot):
+            raise ValueError(f"its best model {snapshot.name} is missing or damaged")
+
     def _restore_best(self, meta: Path | None, counters: dict[str, dict]) -> None:
         """Puts back the best model and value as of the restored epoch (none before the first)."""
         if self.best is None:
@@ -221,6 +261,6 @@ class EpochCheckpoint(keras.callbacks.Callback):
             setattr(self.best, attribute, value)
         snapshot = meta.with_suffix("").with_suffix(".best.keras") if meta else None
         if snapshot is not None and snapshot.exists():
-            _atomic_link(snapshot, self.best.path)
+            _atomic_copy(snapshot, self.best.path)
         else:
             self.best.path.unlink(missing_ok=True)

@@ -39,7 +39,7 @@ def clock(seconds: float) -> str:
 
 
 def _pct(logs: dict, key: str) -> str:
-    return f"{100 * logs[key]:4.1f}%" if key in logs else "  – "
+    return f"{logs[key]:4.1f}%" if key in logs else "  – "  # the logs hold %
 
 
 class EpochProgress(keras.callbacks.Callback):

@@ -25,8 +25,9 @@ def train_subset(labels: np.ndarray, size: int, seed: int = SUBSET_SEED) -> np.n
 
 
 class TrainEvalTop1(keras.callbacks.Callback):
-    """Adds `train_eval_top1` to each epoch's logs, with `train_eval_images` (the subset's
-    size) and `train_eval_seconds` (what the pass cost: one inference over the subset).
+    """Adds `train_eval_top1` (in %, like val_top1) to each epoch's logs, with
+    `train_eval_images` (the subset's size) and `train_eval_seconds` (what the pass cost: one
+    inference over the subset).
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, batch_size: int):
@@ -46,6 +47,6 @@ class TrainEvalTop1(keras.callbacks.Callback):
         start = time.perf_counter()
         logits = self.model.predict(self.images, batch_size=self.batch_size, verbose=0)
         predicted = np.argmax(np.asarray(logits), axis=1)
-        logs[TRAIN_EVAL_KEY] = float(np.mean(predicted == self.labels))
+        logs[TRAIN_EVAL_KEY] = 100 * float(np.mean(predicted == self.labels))
         logs["train_eval_images"] = float(len(self.labels))
         logs["train_eval_seconds"] = time.perf_counter() - start

@@ -5,9 +5,12 @@ FINISHED runs of earlier sweeps it reused, which keep their first parent. When a
 run more than once (a FAILED attempt, then a re-run) only the latest started run counts.
 """
 
+import json
 import math
+import os
 import re
 import sqlite3
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +25,8 @@ from tracking.store import server_silence
 
 SQLITE_PREFIX = "sqlite:///"
 PARENT_FILTER = "tags.sweep_parent = 'true'"
+# Written by tracking.results with mlflow.log_table; read back here without TensorFlow.
+SUPERCLASS_TABLE = "superclass_top1.json"
 
 # How each input is named to the person who gave it: Hydra keys for the sweep callback,
 # flags for compare.py (see StoreError.line).
@@ -55,8 +60,9 @@ class RunRecord:
     tags: Mapping[str, str]
     params: Mapping[str, str]
     metrics: Mapping[str, float]  # latest value of each metric; finals are logged once
-    val_top1: tuple[float, ...]  # per epoch from 0, NaN where an epoch is missing
-    train_eval_top1: tuple[float, ...] = ()  # the same, on fixed training images
+    val_top1: tuple[float, ...]  # per epoch (step 1 first), NaN where an epoch is missing
+    train_eval_top1: tuple[float, ...] = ()  # the same (%), on fixed training images
+    superclass_top1: Mapping[str, float] = field(default_factory=dict)  # test top-1 (%)
 
     @property
     def overrides(self) -> dict[str, str]:
@@ -82,6 +88,17 @@ class SweepRecord:
     tracking_uri: str
     runs: tuple[RunRecord, ...]  # one per config identity, the latest started
     superseded: tuple[RunRecord, ...] = field(default=())  # older attempts of those configs
+    # Set when no sweep id was given: newer sweeps without a single run that were passed over.
+    skipped_empty: tuple[str, ...] | None = None
+
+    @property
+    def how_chosen(self) -> str:
+        if self.skipped_empty is None:
+            return f"sweep {self.sweep_id}"
+        text = f"sweep {self.sweep_id}: the latest with at least one run"
+        if self.skipped_empty:
+            text += f" (newer sweeps without runs skipped: {', '.join(self.skipped_empty)})"
+        return text
 
 
 def parse_overrides(text: str) -> dict[str, str]:
@@ -191,7 +208,11 @@ def load_sweep(tracking_uri: str, experiment: str, sweep_id: str | None) -> Swee
     client = MlflowClient(tracking_uri)
     with _store_errors(tracking_uri):
         experiment_id = _experiment_id(client, tracking_uri, experiment)
-        parent = _find_parent(client, experiment, experiment_id, sweep_id)
+        skipped = None
+        if sweep_id is None:
+            parent, skipped = _latest_with_runs(client, experiment, experiment_id)
+        else:
+            parent = _find_parent(client, experiment, experiment_id, sweep_id)
         sweep_id = parent.data.tags["sweep_id"]
         members = _search(
             client,
@@ -213,6 +234,36 @@ def load_sweep(tracking_uri: str, experiment: str, sweep_id: str | None) -> Swee
         tracking_uri=tracking_uri,
         runs=records,
         superseded=older,
+        skipped_empty=skipped,
+    )
+
+
+def _latest_with_runs(client: MlflowClient, experiment: str, experiment_id: str):
+    """The most recently started sweep that has a run, and the ids of newer empty ones.
+
+    A sweep stopped before its first job (killed, or from before configs were checked up
+    front) has only its parent: an empty report of it helps no one.
+    """
+    parents = _search(client, experiment_id, PARENT_FILTER, order_by=["attributes.start_time DESC"])
+    empty = []
+    for parent in parents:
+        sweep_id = parent.data.tags.get("sweep_id", "")
+        if not sweep_id:
+            continue  # tagged by hand or half-written: it names no sweep
+        member = client.search_runs(
+            [experiment_id], f"tags.`sweep.{sweep_id}` = 'true'", max_results=1
+        )
+        if member:
+            return parent, tuple(empty)
+        empty.append(sweep_id)
+    detail = "holds no sweep (no parent run tagged sweep_parent=true)"
+    if parents:
+        detail = f"holds no sweep with a run yet (empty sweeps: {', '.join(empty)})"
+    raise StoreError(
+        "experiment",
+        experiment,
+        f"{detail}; run one with python train.py -m model=alexnet,vgg13 or pass the "
+        "experiment that has one",
     )
 
 
@@ -233,18 +284,8 @@ def _experiment_id(client: MlflowClient, uri: str, name: str) -> str:
     )
 
 
-def _find_parent(client: MlflowClient, experiment: str, experiment_id: str, sweep_id: str | None):
+def _find_parent(client: MlflowClient, experiment: str, experiment_id: str, sweep_id: str):
     latest_first = ["attributes.start_time DESC"]
-    if sweep_id is None:
-        parents = client.search_runs([experiment_id], PARENT_FILTER, order_by=latest_first)
-        if not parents:
-            raise StoreError(
-                "experiment",
-                experiment,
-                "holds no sweep (no parent run tagged sweep_parent=true); run one with "
-                "python train.py -m model=alexnet,vgg13 or pass the experiment that has one",
-            )
-        return parents[0]
     if not re.fullmatch(r"[A-Za-z0-9_-]+", sweep_id):
         raise StoreError(
             "sweep", sweep_id, "a sweep id is 12 hex digits; pass one like 3f2a9c0b1d4e"
@@ -261,7 +302,7 @@ def _find_parent(client: MlflowClient, experiment: str, experiment_id: str, swee
         f"{PARENT_FILTER} and tags.sweep_id LIKE '{sweep_id}%'",
         order_by=latest_first,
     )
-    ids = sorted({run.data.tags["sweep_id"] for run in prefixed})
+    ids = sorted({run.data.tags.get("sweep_id", "") for run in prefixed} - {""})
     if len(ids) == 1:
         return prefixed[0]
     if ids:
@@ -303,15 +344,48 @@ def _record(client: MlflowClient, run: Run, curve: bool = True) -> RunRecord:
         metrics=dict(run.data.metrics),
         val_top1=_curve(client, run.info.run_id) if curve else (),
         train_eval_top1=_curve(client, run.info.run_id, "train_eval_top1") if curve else (),
+        superclass_top1=_superclass_table(client, run) if curve else {},
     )
 
 
+def _superclass_table(client: MlflowClient, run: Run) -> dict[str, float]:
+    """The run's per-superclass test top-1 table (tracking.results); {} when it has none."""
+    if run.info.status != "FINISHED":
+        return {}
+    with tempfile.TemporaryDirectory() as folder, no_progress_bars():
+        try:
+            path = client.download_artifacts(run.info.run_id, SUPERCLASS_TABLE, folder)
+            table = json.loads(Path(path).read_text())
+        except (MlflowException, OSError, ValueError):
+            return {}
+    columns = table.get("columns", [])
+    if columns[:2] != ["superclass", "test_top1"]:
+        return {}
+    return {str(name): float(value) for name, value, *_ in table.get("data", [])}
+
+
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """MLflow draws a progress bar per download: dozens of lines of noise in a sweep's log."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
 def _curve(client: MlflowClient, run_id: str, metric: str = "val_top1") -> tuple[float, ...]:
-    """A metric by epoch; a step logged twice (a resume re-logs it) keeps the latest value."""
+    """A metric by epoch (steps from 1); a step logged twice (a resume re-logs it) keeps the
+    latest value."""
     by_step: dict[int, float] = {}
     history = client.get_metric_history(run_id, metric)
     for metric in sorted(history, key=lambda m: m.timestamp):
         by_step[metric.step] = metric.value
     if not by_step:
         return ()
-    return tuple(by_step.get(step, math.nan) for step in range(max(by_step) + 1))
+    return tuple(by_step.get(step, math.nan) for step in range(1, max(by_step) + 1))

@@ -53,11 +53,11 @@ def plot_val_curves(rows: Sequence[Row], path: Path) -> Path:
         if not any(not math.isnan(v) for v in row.val_top1_curve):
             continue
         epochs = range(1, len(row.val_top1_curve) + 1)
-        mean = [v * 100 for v in row.val_top1_curve]
+        mean = list(row.val_top1_curve)
         style = "-" if row.status == "FINISHED" else "--"
         (line,) = ax.plot(epochs, mean, style, marker=".", label=row.label)
         if row.n > 1:
-            std = [s * 100 for s in row.val_top1_curve_std]
+            std = list(row.val_top1_curve_std)
             low = [m - s for m, s in zip(mean, std, strict=True)]
             high = [m + s for m, s in zip(mean, std, strict=True)]
             ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.15, lw=0)
@@ -86,8 +86,8 @@ def plot_test_bars(rows: Sequence[Row], path: Path) -> Path:
             std = row.test_top1.std
             ax.bar(
                 x,
-                row.test_top1.mean * 100,
-                yerr=None if std is None else std * 100,
+                row.test_top1.mean,
+                yerr=std,
                 capsize=4,
                 color=f"C{x % 10}",
             )
@@ -127,8 +127,8 @@ def _scatter(rows: Sequence[Row], path: Path, x_field: str, xlabel: str, log_x: 
         x_stat = getattr(row, x_field)
         if row.test_top1 is None or x_stat is None:
             continue
-        x, y = x_stat.mean, row.test_top1.mean * 100
-        yerr = None if row.test_top1.std is None else row.test_top1.std * 100
+        x, y = x_stat.mean, row.test_top1.mean
+        yerr = row.test_top1.std
         ax.errorbar(x, y, yerr=yerr, fmt="o", capsize=3, color=f"C{index % 10}")
         text = f"{row.label} [{row.device}]" if by_device else row.label
         ax.annotate(text, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
@@ -157,7 +157,7 @@ def plot_superclass_heatmap(rows: Sequence[Row], path: Path) -> Path:
     figure = _figure(max(8, 0.55 * len(names) + 3), max(3, 0.45 * len(shown) + 2.5))
     ax = figure.add_subplot()
     if shown:
-        grid = [[row.superclass_top1.get(n, math.nan) * 100 for n in names] for row in shown]
+        grid = [[row.superclass_top1.get(n, math.nan) for n in names] for row in shown]
         image = ax.imshow(grid, cmap="viridis", vmin=0, vmax=100, aspect="auto")
         for i, line in enumerate(grid):
             for j, value in enumerate(line):

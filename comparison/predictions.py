@@ -5,10 +5,8 @@ true label, the top-1 class, the top-5 classes and the float16 softmax of every 
 in the test split's stored order, with a fingerprint of the test images.
 """
 
-import os
 import tempfile
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from comparison.collect import RunRecord
+from comparison.collect import RunRecord, no_progress_bars
 
 PREDICTIONS_FILE = "predictions.npz"
 
@@ -51,26 +49,11 @@ def read_predictions(path: Path) -> Predictions:
         )
 
 
-@contextmanager
-def _no_progress_bars() -> Iterator[None]:
-    """MLflow draws a progress bar per download: dozens of lines of noise in a sweep's log."""
-    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    before = os.environ.get(key)
-    os.environ[key] = "false"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = before
-
-
 def load_predictions(tracking_uri: str, runs: Iterable[RunRecord]) -> dict[str, Predictions]:
     """run id -> predictions, for the FINISHED runs that logged them (older runs did not)."""
     client = MlflowClient(tracking_uri)
     found = {}
-    with tempfile.TemporaryDirectory() as folder, _no_progress_bars():
+    with tempfile.TemporaryDirectory() as folder, no_progress_bars():
         for run in runs:
             if run.status != "FINISHED":
                 continue

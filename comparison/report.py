@@ -32,6 +32,13 @@ from comparison.predictions import load_predictions
 from comparison.reference import REFERENCE
 from comparison.significance import Significance, analyse
 from comparison.stat_plots import RELIABILITY, TOP1_INTERVALS, TRAIN_VAL_CURVES, write_stat_plots
+from comparison.summary import (
+    HTML,
+    leaderboard_view,
+    parent_description,
+    parent_metrics,
+    render_html,
+)
 from comparison.table import (
     OPTIONAL_COLUMNS,
     Row,
@@ -58,6 +65,7 @@ class Report:
     markdown: Path
     csv: Path
     plots: dict[str, Path]  # file name -> path
+    html: Path  # comparison.md with its figures embedded
     logged_to: str | None  # the parent run id that got the files as artifacts, if any
     significance: Significance | None = None
     significance_csv: Path | None = None
@@ -74,7 +82,7 @@ class Report:
     @property
     def paths(self) -> list[Path]:
         extra = [p for p in (self.significance_csv, self.findings) if p is not None]
-        return [self.markdown, self.csv, *extra, *self.plots.values()]
+        return [self.markdown, self.html, self.csv, *extra, *self.plots.values()]
 
 
 def build_report(
@@ -117,7 +125,10 @@ def write_report(
     plots = {**write_plots(rows, out_dir), **write_stat_plots(significance, out_dir)}
     findings = write_findings(sweep, significance, out_dir)
     markdown = out_dir / MARKDOWN
-    markdown.write_text(render_markdown(sweep, rows, varied, significance))
+    text = render_markdown(sweep, rows, varied, significance)
+    markdown.write_text(text)
+    page = out_dir / HTML
+    page.write_text(render_html(text, plots, f"CIFAR-100 comparison — sweep {sweep.sweep_id}"))
     print_table(sweep, rows, varied, console, significance)
 
     report = Report(
@@ -127,6 +138,7 @@ def write_report(
         markdown,
         csv_path,
         plots,
+        page,
         None,
         significance,
         significance_csv,
@@ -134,9 +146,19 @@ def write_report(
     )
     if log_to_parent:
         _log_artifacts(sweep, report.paths, out_dir)
+        _describe_parent(sweep, rows)
         report = replace(report, logged_to=sweep.parent_run_id)
     print_paths(report, console)
     return report
+
+
+def _describe_parent(sweep: SweepRecord, rows: Sequence[Row]) -> None:
+    """What the parent's own page shows: the short table as its description, and metrics."""
+    client = MlflowClient(sweep.tracking_uri)
+    client.set_experiment_tag(sweep.experiment_id, *leaderboard_view(sweep))
+    client.set_tag(sweep.parent_run_id, "mlflow.note.content", parent_description(sweep, rows))
+    for name, value in parent_metrics(rows).items():
+        client.log_metric(sweep.parent_run_id, name, value)
 
 
 def _log_artifacts(sweep: SweepRecord, paths: Sequence[Path], out_dir: Path) -> None:

@@ -4,6 +4,10 @@ generalization gap and calibration, from each run's test predictions and curves.
 A row is the table's row (one architecture and varied setting, its seeds). Its statistics
 need the predictions of every run in it, made on the same test images; a row without them
 (a run from before predictions were logged) shows its top-1 only and is "not measured".
+
+Accuracies here are fractions 0..1, as the per-image statistics compute them; the store's
+metrics and curves are in % and are divided by 100 where they come in. The tables, figures
+and findings show accuracies in % and differences in points.
 """
 
 import math
@@ -39,7 +43,7 @@ class Gap:
     val: float
     interval: Interval  # of train − val
     p_value: float  # two-sided, of "no gap"
-    epochs: tuple[int, ...]  # the best epoch (0-based) of each run
+    epochs: tuple[int, ...]  # the best epoch of each run, from 1 (the logged best_epoch)
 
     @property
     def value(self) -> float:
@@ -73,7 +77,7 @@ class RowStats:
         """Mean top-1 over seeds, from the predictions (the stored metric otherwise)."""
         if self.correct is not None:
             return float(self.correct.mean())
-        return None if self.row.test_top1 is None else self.row.test_top1.mean
+        return None if self.row.test_top1 is None else self.row.test_top1.mean / 100
 
     @property
     def significant(self) -> bool | None:
@@ -110,14 +114,16 @@ def _gap(row: Row) -> Gap | None:
         val_size = run.params.get("data.val_size")
         if best is None or images is None or val_size is None:
             return None
+        # best_epoch counts from 1 like the curves' steps; the curves start at step 1.
         epoch = int(best)
+        index = epoch - 1
         curve, val_curve = run.train_eval_top1, run.val_top1
-        if epoch >= len(curve) or epoch >= len(val_curve):
+        if not 0 <= index < min(len(curve), len(val_curve)):
             return None
-        if math.isnan(curve[epoch]) or math.isnan(val_curve[epoch]):
+        if math.isnan(curve[index]) or math.isnan(val_curve[index]):
             return None
-        train.append((curve[epoch], int(images)))
-        val.append((val_curve[epoch], int(float(val_size))))
+        train.append((curve[index] / 100, int(images)))
+        val.append((val_curve[index] / 100, int(float(val_size))))
         epochs.append(epoch)
     if not train:
         return None

@@ -176,7 +176,8 @@ def rich_table(significance: Significance) -> Table:
 
 
 def write_csv(significance: Significance, path: Path) -> Path:
-    """The numbers unrounded (fractions 0..1), for a paper's own table."""
+    """The numbers to 6 decimals, for a paper's own table: accuracies and ECE in %,
+    differences and the gap in points, p-values as they are."""
     columns = [
         "row",
         "architecture",
@@ -207,6 +208,9 @@ def write_csv(significance: Significance, path: Path) -> Path:
     def number(value) -> str:
         return "" if value is None else f"{value:.6f}"
 
+    def pct(value) -> str:
+        return number(None if value is None else 100 * value)
+
     with path.open("w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(columns)
@@ -218,26 +222,26 @@ def write_csv(significance: Significance, path: Path) -> Path:
                     s.row.architecture,
                     s.row.n,
                     " ".join(s.row.run_ids),
-                    number(s.top1),
-                    number(s.top1_interval and s.top1_interval.low),
-                    number(s.top1_interval and s.top1_interval.high),
-                    number(s.seed_interval and s.seed_interval.low),
-                    number(s.seed_interval and s.seed_interval.high),
+                    pct(s.top1),
+                    pct(s.top1_interval and s.top1_interval.low),
+                    pct(s.top1_interval and s.top1_interval.high),
+                    pct(s.seed_interval and s.seed_interval.low),
+                    pct(s.seed_interval and s.seed_interval.high),
                     "best" if s.is_best else ("" if test is None else significance.best.label),
-                    number(test and test.difference),
-                    number(test and test.interval.low),
-                    number(test and test.interval.high),
+                    pct(test and test.difference),
+                    pct(test and test.interval.low),
+                    pct(test and test.interval.high),
                     "" if test is None else test.method,
                     number(test and test.p_value),
                     number(s.p_holm),
                     "" if s.significant is None else str(s.significant).lower(),
-                    number(gap and gap.value),
-                    number(gap and gap.interval.low),
-                    number(gap and gap.interval.high),
+                    pct(gap and gap.value),
+                    pct(gap and gap.interval.low),
+                    pct(gap and gap.interval.high),
                     number(gap and gap.p_value),
-                    number(gap and gap.train),
-                    number(gap and gap.val),
-                    number(sum(s.ece) / len(s.ece) if s.ece else None),
+                    pct(gap and gap.train),
+                    pct(gap and gap.val),
+                    pct(sum(s.ece) / len(s.ece) if s.ece else None),
                 ]
             )
     return path

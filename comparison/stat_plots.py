@@ -151,14 +151,14 @@ def plot_train_val_curves(significance: Significance, path: Path) -> Path:
     figure, axes = _grid(len(shown), 4.2, 3.4)
     for ax, stats in zip(axes, shown, strict=False):
         runs = stats.row.runs
-        train = _mean_curve([run.train_eval_top1 for run in runs]) * 100
-        val = _mean_curve([run.val_top1 for run in runs]) * 100
+        train = _mean_curve([run.train_eval_top1 for run in runs])  # %, as logged
+        val = _mean_curve([run.val_top1 for run in runs])
         ax.plot(range(1, len(train) + 1), train, marker=".", label="train images (no augment)")
         ax.plot(range(1, len(val) + 1), val, marker=".", label="validation")
         title = stats.label
         if stats.gap is not None:
             for epoch in sorted(set(stats.gap.epochs)):
-                ax.axvline(epoch + 1, color="grey", ls=":", lw=1)
+                ax.axvline(epoch, color="grey", ls=":", lw=1)
             title += f"\ngap at best epoch {100 * stats.gap.value:+.2f} pts"
         ax.set_title(title, fontsize="medium")
         ax.set(xlabel="epoch", ylabel="top-1 (%)", xlim=(0.5, max(len(train), len(val)) + 0.5))

@@ -18,7 +18,6 @@ from comparison.reference import architecture_order, reference_top1
 # Overrides that never make a row: the model is the row, seeds are what a row averages.
 NOT_VARIED = ("model", "seed")
 STATUS_ORDER = {"FINISHED": 0, "RUNNING": 1, "SCHEDULED": 2, "FAILED": 3, "KILLED": 4}
-SUPERCLASS_PREFIX = "test_top1_superclass/"
 
 # What a run without a `device` tag (one logged before runs recorded it) shows.
 UNKNOWN_DEVICE = "unknown device"
@@ -66,7 +65,7 @@ class Row:
     param_count: Stat | None
     input_size: str
     backend: str
-    best_val_top1: Stat | None  # fractions 0..1, as stored
+    best_val_top1: Stat | None  # %, as stored
     test_top1: Stat | None
     test_top5: Stat | None
     epochs_run: Stat | None
@@ -74,7 +73,7 @@ class Row:
     images_per_second: Stat | None
     reference_top1: float | None  # %, the reference study's
     devices: tuple[str, ...] = ()  # the runs' `device` tags, each once
-    superclass_top1: dict[str, float] = field(default_factory=dict)  # mean fraction
+    superclass_top1: dict[str, float] = field(default_factory=dict)  # mean %
     val_top1_curve: tuple[float, ...] = ()  # mean over seeds per epoch
     val_top1_curve_std: tuple[float, ...] = ()
     label: str = ""
@@ -109,7 +108,7 @@ class Row:
         """Ours − the reference study, in percentage points."""
         if self.reference_top1 is None or self.test_top1 is None:
             return None
-        return self.test_top1.mean * 100 - self.reference_top1
+        return self.test_top1.mean - self.reference_top1
 
 
 # -- grouping ----------------------------------------------------------------------------------
@@ -179,11 +178,12 @@ def _joined(values: Iterable[str | None]) -> str:
 
 def _row(key: tuple, runs: list[RunRecord]) -> Row:
     architecture, strategy, varied_values, backend, status, _ = key
-    superclasses = sorted(
-        {m for run in runs for m in run.metrics if m.startswith(SUPERCLASS_PREFIX)}
-    )
+    superclasses = sorted({name for run in runs for name in run.superclass_top1})
     superclass_top1 = {
-        name.removeprefix(SUPERCLASS_PREFIX): _stat(runs, name).mean for name in superclasses
+        name: statistics.fmean(
+            run.superclass_top1[name] for run in runs if name in run.superclass_top1
+        )
+        for name in superclasses
     }
     curve, curve_std = _mean_curve([run.val_top1 for run in runs])
     devices = tuple(sorted({run.tags.get("device") or UNKNOWN_DEVICE for run in runs}))
@@ -244,8 +244,8 @@ def _label(rows: list[Row]) -> list[Row]:
 def _pct(stat: Stat | None) -> str:
     if stat is None:
         return ""
-    text = f"{stat.mean * 100:.2f}"
-    return text if stat.std is None else f"{text} ± {stat.std * 100:.2f}"
+    text = f"{stat.mean:.2f}"
+    return text if stat.std is None else f"{text} ± {stat.std:.2f}"
 
 
 def _plain(stat: Stat | None, digits: int) -> str:
@@ -402,9 +402,9 @@ def csv_values(row: Row) -> list[str]:
     values += [_num(params, 0), row.input_size, row.backend, row.device]
     for name in FINAL_METRICS:
         stat: Stat | None = getattr(row, name)
-        scale, digits = (100, 4) if name in ("best_val_top1", "test_top1", "test_top5") else (1, 2)
-        mean = None if stat is None else stat.mean * scale
-        std = None if stat is None or stat.std is None else stat.std * scale
+        digits = 4 if name in ("best_val_top1", "test_top1", "test_top5") else 2
+        mean = None if stat is None else stat.mean
+        std = None if stat is None or stat.std is None else stat.std
         values += [_num(mean, digits), _num(std, digits)]
     values += [_num(row.reference_top1, 2), _num(row.delta_top1, 4)]
     return [*values, " ".join(row.run_ids), row.error or ""]

@@ -16,9 +16,12 @@ with the run's seed; the test split keeps its stored order.
 """
 
 import hashlib
+import io
+import logging
 import os
 import shutil
 import tempfile
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +31,8 @@ import numpy as np
 from data import synthetic
 from errors import UserError, one_line
 from hf_hub import hub_reachable
+
+log = logging.getLogger(__name__)
 
 DEFAULT_HUB_ID = "uoft-cs/cifar100"
 DEFAULT_CACHE_DIR = "~/.cache/cifar100-keras"
@@ -107,6 +112,7 @@ def load_cifar100(cfg: Mapping, seed: int) -> Cifar100:
         )
 
     _check_config(arrays, cfg, dataset_id)
+    _warn_empty_classes(arrays, dataset_id)
     train, val = _stratified_split(arrays, cfg.get("val_size"), seed)
     test = Split(arrays["test_images"], arrays["test_labels"], arrays["test_coarse_labels"])
     class_names = [str(name) for name in arrays["class_names"]]
@@ -169,7 +175,7 @@ def _load_local(folder: Path, cache_dir: Path, key_name: str) -> dict[str, np.nd
                     f"{key_name}: datasets cannot read {folder} ({one_line(error)}); "
                     f"point it at a CIFAR-100 copy in the hub's parquet layout, e.g. {SHARED_HINT}"
                 ) from None
-            arrays = _decode(splits, f"{key_name} ({folder})")
+            arrays = _decode(splits, f"{key_name} ({folder})", shards=files)
             del splits
         _write_cache(cache_file, arrays)
     return arrays
@@ -273,7 +279,40 @@ def _synthetic_folder(params: Mapping, cfg: Mapping, cache_dir: Path) -> tuple[P
 # --- decoding and checks --------------------------------------------------------------------
 
 
-def _decode(splits, where: str) -> dict[str, np.ndarray]:
+def _undecodable(split, split_name: str, where: str, shards, error: Exception) -> str:
+    """Names the shard and row of the first image that fails to decode."""
+    import datasets
+    from PIL import Image
+
+    raw = split.cast_column("img", datasets.Image(decode=False))
+    index, reason = None, one_line(error)
+    for index, row in enumerate(raw):  # noqa: B007 (index is read after the loop)
+        try:
+            with Image.open(io.BytesIO(row["img"]["bytes"])) as image:
+                image.convert("RGB")
+        except Exception as bad:
+            reason = one_line(bad)
+            break
+    else:
+        index = None
+    if index is None:
+        return f"{where}: the {split_name} images do not decode ({reason})"
+    place = f"row {index} of the {split_name} split"
+    files = [file for file in shards or [] if file.name.startswith(f"{split_name}-")]
+    if files:
+        import pyarrow.parquet as pq
+
+        first = 0
+        for file in files:
+            rows = pq.read_metadata(file).num_rows
+            if index < first + rows:
+                place = f"row {index - first} of {file.name} ({place})"
+                break
+            first += rows
+    return f"{where}: the image at {place} cannot be decoded ({reason}); replace or remove that row"
+
+
+def _decode(splits, where: str, shards: list[Path] | None = None) -> dict[str, np.ndarray]:
     """Check a DatasetDict has the CIFAR-100 layout and decode it to uint8/int32 arrays."""
     import datasets
 
@@ -312,7 +351,10 @@ def _decode(splits, where: str) -> dict[str, np.ndarray]:
                 raise UserError(f"{where}: train and test disagree on the {column} names; {fix}")
 
         # Mode RGB turns a stray grayscale or RGBA image into 3 channels; real CIFAR is RGB.
-        table = split.cast_column("img", datasets.Image(mode="RGB")).with_format("numpy")[:]
+        try:
+            table = split.cast_column("img", datasets.Image(mode="RGB")).with_format("numpy")[:]
+        except Exception as error:
+            raise UserError(_undecodable(split, split_name, where, shards, error)) from None
         images = table["img"]
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
             shape = images.shape[1:] if images.dtype != object else "mixed sizes"
@@ -346,6 +388,21 @@ def _check_config(arrays: Mapping, cfg: Mapping, dataset_id: str) -> None:
         raise UserError(
             f"data.image_size={cfg.get('image_size')} but {dataset_id} holds {image_size}px "
             f"images; set data.image_size={image_size} (models resize via model.input_size)"
+        )
+
+
+def _warn_empty_classes(arrays: Mapping, dataset_id: str) -> None:
+    names = arrays["class_names"]
+    counts = np.bincount(arrays["train_labels"], minlength=len(names))
+    empty = [str(names[index]) for index in np.flatnonzero(counts == 0)]
+    if empty:
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        log.warning(
+            "data: %d of %d classes have no training images in %s (%s); no model can learn them",
+            len(empty),
+            len(names),
+            dataset_id,
+            shown,
         )
 
 
@@ -391,13 +448,25 @@ def _stratified_split(arrays: Mapping, val_size, seed: int) -> tuple[Split, Spli
 
 
 def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None when absent or unreadable (then they are rebuilt)."""
+    """The cached arrays, or None when absent or damaged (then they are rebuilt).
+
+    Reading every member checks its zip CRC, so a truncated or bit-flipped file is caught
+    here, not as a crash later; the arrays must also agree with each other."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as stored:
-            return {key: stored[key] for key in _ARRAY_KEYS}
-    except (OSError, ValueError, KeyError, EOFError):
+            arrays = {key: stored[key] for key in _ARRAY_KEYS}
+        for split in ("train", "test"):
+            count = len(arrays[f"{split}_images"])
+            if {len(arrays[f"{split}_labels"]), len(arrays[f"{split}_coarse_labels"])} != {count}:
+                raise ValueError(f"{split} images and labels differ in length")
+        return arrays
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        log.warning(
+            "data.cache_dir=%s: %s is damaged (%s); rebuilding it", path.parent, path.name, reason
+        )
         return None
 
 

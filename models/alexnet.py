@@ -49,6 +49,11 @@ def _conv_block(x, filters, kernel_size, strides, padding, batch_norm, name):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
+def min_input_size(stem: str = "cifar", **_) -> int:
+    """The smallest model.input_size this network takes (check_config asks before a run)."""
+    return MIN_IMAGENET_INPUT if stem == "imagenet" else 1
+
+
 def build_alexnet(
     *,
     num_classes: int,

@@ -53,6 +53,15 @@ def _is_download_failure(error: Exception) -> bool:
     return isinstance(error, OSError) or "URL fetch failure" in str(error)
 
 
+# keras.applications' EfficientNetV2 refuses a smaller input_shape without its top.
+MIN_INPUT = 32
+
+
+def min_input_size(**_) -> int:
+    """The smallest model.input_size this network takes (check_config asks before a run)."""
+    return MIN_INPUT
+
+
 def build_effnetv2(
     *,
     num_classes: int,

@@ -52,6 +52,12 @@ def _basic_block(x, filters, strides, name):
     return layers.ReLU(name=f"{name}_out")(x)
 
 
+def min_input_size(**_) -> int:
+    """The smallest model.input_size this network takes (check_config asks before a run):
+    'same' padding keeps every stride at 1 px or more."""
+    return 1
+
+
 def build_resnet18(
     *,
     num_classes: int,

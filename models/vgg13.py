@@ -31,6 +31,11 @@ def _classifier_init():
     return keras.initializers.RandomNormal(stddev=0.01)
 
 
+def min_input_size(**_) -> int:
+    """The smallest model.input_size this network takes (check_config asks before a run)."""
+    return MIN_INPUT
+
+
 def build_vgg13(
     *,
     num_classes: int,

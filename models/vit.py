@@ -39,6 +39,12 @@ DEFAULT_CHECKPOINT = "hf://google/vit-base-patch16-224-in21k"
 STRATEGIES = ("finetune", "freeze", "scratch")
 
 
+def min_input_size(patch_size: int = 16, **_) -> int:
+    """The smallest model.input_size this network takes (check_config asks before a run):
+    one patch."""
+    return patch_size
+
+
 def build_vit(
     *,
     num_classes: int,

@@ -28,6 +28,7 @@ from comparison.stat_plots import RELIABILITY, TOP1_INTERVALS, TRAIN_VAL_CURVES
 
 REPO = Path(__file__).resolve().parent.parent
 OLD, SWEEP, LR_SWEEP = "0000000000a0", "aaaaaaaaaaa1", "bbbbbbbbbbb2"
+EMPTY = "ddddddddddd4"  # the newest sweep: a parent whose jobs never started
 SUPERCLASSES = [
     "aquatic_mammals", "fish", "flowers", "food_containers", "fruit_and_vegetables",
     "household_electrical_devices", "household_furniture", "insects", "large_carnivores",
@@ -48,20 +49,20 @@ PNGS = [
 
 
 def finals(top1, top5, best_val, seconds, ips, params, epochs=3.0):
+    """Final metrics as train.py logs them; accuracies given as fractions, stored in %."""
     metrics = {
-        "test_top1": top1,
-        "test_top5": top5,
-        "best_val_top1": best_val,
-        "best_epoch": epochs - 1,
+        "test_top1": top1 * 100,
+        "test_top5": top5 * 100,
+        "best_val_top1": best_val * 100,
+        "best_epoch": epochs,
         "epochs_run": epochs,
         "train_seconds": seconds,
         "train_images_per_second": ips,
         "param_count": params,
     }
     # Distinct per run and superclass, so a mixed-up column would show.
-    for index, name in enumerate(SUPERCLASSES):
-        metrics[f"test_top1_superclass/{name}"] = round(top1 + index / 1000, 6)
-    return metrics
+    superclasses = {name: round(100 * top1 + i / 10, 4) for i, name in enumerate(SUPERCLASSES)}
+    return metrics, superclasses
 
 
 class Store:
@@ -99,7 +100,7 @@ class Store:
         overrides: str | None = None,
         identity: str | None = None,
         curve: tuple[float, ...] = (),
-        metrics: dict | None = None,
+        metrics: tuple[dict, dict] | None = None,
         error: str | None = None,
         strategy: str = "scratch",
     ) -> str:
@@ -129,14 +130,18 @@ class Store:
         }
         history = []
         for epoch, value in enumerate(curve):
-            for name, v in (("val_top1", value), ("loss", 4.0 - epoch)):
-                history.append(Metric(name, v, start + epoch, epoch))
-        final = [Metric(k, v, start + 100, 0) for k, v in (metrics or {}).items()]
+            for name, v in (("val_top1", 100 * value), ("loss", 4.0 - epoch)):
+                history.append(Metric(name, v, start + epoch, epoch + 1))
+        finals, superclasses = metrics if isinstance(metrics, tuple) else (metrics or {}, {})
+        final = [Metric(k, v, start + 100, 0) for k, v in finals.items()]
         self.client.log_batch(
             run_id,
             metrics=history + final,
             params=[Param(k, v) for k, v in params.items()],
         )
+        if superclasses:  # as tracking.results logs it
+            table = {"superclass": list(superclasses), "test_top1": list(superclasses.values())}
+            self.client.log_table(run_id, table, "superclass_top1.json")
         if status != "RUNNING":
             self.client.set_terminated(run_id, status, end_time=start + 1000)
         self.runs[key] = run_id
@@ -242,6 +247,7 @@ def store(tmp_path_factory) -> Store:
             curve=(0.25, 0.5),
             metrics=finals(0.5 + index / 8, 0.75, 0.5, 50.0, 100.0, 1000.0 * (index + 1)),
         )
+    s.parent(EMPTY, "model=alexnet,vgg13", 4_000_000, "RUNNING")
     return s
 
 
@@ -274,9 +280,9 @@ def test_seeds_are_averaged_with_sample_std(report, store):
     alexnet = report.rows[0]
     assert alexnet.n == 2 and alexnet.seeds == ("0", "1")
     assert set(alexnet.run_ids) == {store.runs["alexnet-0"], store.runs["alexnet-1"]}
-    assert alexnet.test_top1.values == (0.5, 0.625)
-    assert alexnet.test_top1.mean == 0.5625
-    assert alexnet.test_top1.std == pytest.approx(statistics.stdev([0.5, 0.625]))
+    assert alexnet.test_top1.values == (50.0, 62.5)
+    assert alexnet.test_top1.mean == 56.25
+    assert alexnet.test_top1.std == pytest.approx(statistics.stdev([50.0, 62.5]))
     assert alexnet.train_seconds.mean == 105.0
     assert alexnet.delta_top1 == pytest.approx(56.25 - 56.97)
 
@@ -294,15 +300,15 @@ def test_single_runs_show_the_stored_metrics(report, store):
     vgg13, resnet18 = report.rows[1], report.rows[3]
     # The re-run of a config that failed first; the failed attempt is not a row.
     assert vgg13.run_ids == (store.runs["vgg13-0"],)
-    assert (vgg13.test_top1.values, vgg13.test_top5.values) == ((0.59375,), (0.8125,))
-    assert (vgg13.best_val_top1.mean, vgg13.epochs_run.mean) == (0.53125, 3.0)
+    assert (vgg13.test_top1.values, vgg13.test_top5.values) == ((59.375,), (81.25,))
+    assert (vgg13.best_val_top1.mean, vgg13.epochs_run.mean) == (53.125, 3.0)
     assert (vgg13.images_per_second.mean, vgg13.param_count.mean) == (500.0, 9_400_000.0)
     assert vgg13.test_top1.std is None
     assert vgg13.reference_top1 == 57.03
     # A FINISHED run of an earlier sweep that this sweep reused.
     assert resnet18.run_ids == (store.runs["resnet18-0"],)
-    assert resnet18.test_top1.mean == 0.65625
-    assert resnet18.superclass_top1["vehicles_2"] == round(0.65625 + 19 / 1000, 6)
+    assert resnet18.test_top1.mean == 65.625
+    assert resnet18.superclass_top1["vehicles_2"] == round(65.625 + 19 / 10, 4)
     assert len(resnet18.superclass_top1) == 20
     assert (resnet18.input_size, resnet18.backend, resnet18.strategy) == (
         "32",
@@ -324,7 +330,7 @@ def test_failed_and_running_runs_are_rows_with_their_status(report, store):
     assert failed.status == "FAILED" and failed.error == "ValueError: loss is NaN | diverged"
     assert failed.test_top1 is None and failed.param_count.mean == 9_400_000.0
     assert running.status == "RUNNING" and running.run_ids == (store.runs["resnet18-1"],)
-    assert running.val_top1_curve == (0.25, 0.375)
+    assert running.val_top1_curve == (25.0, 37.5)
 
     csv_rows = read_csv(report.csv)
     assert [row["status"] for row in csv_rows] == [
@@ -344,12 +350,40 @@ def test_failed_and_running_runs_are_rows_with_their_status(report, store):
 
 
 def test_files_are_written_and_logged_to_the_parent(report, store):
-    names = {"comparison.md", "comparison.csv", "significance.csv", "findings.md", *PNGS}
+    names = {
+        "comparison.md",
+        "comparison.html",
+        "comparison.csv",
+        "significance.csv",
+        "findings.md",
+        *PNGS,
+    }
     assert {path.name for path in report.paths} == names
     assert all(path.stat().st_size > 0 for path in report.paths)
     assert report.logged_to == store.parents[SWEEP]
     logged = store.client.list_artifacts(store.parents[SWEEP], "comparison")
     assert {Path(item.path).name for item in logged} == names
+
+
+def test_the_html_page_holds_the_table_and_every_figure(report):
+    page = report.html.read_text()
+    assert "<table>" in page and "56.25 ± 8.84" in page
+    # Self-contained: each figure is embedded, nothing is fetched from beside the file.
+    assert page.count('src="data:image/png;base64,') == len(PNGS)
+    assert not any(f'src="{name}"' in page for name in PNGS)
+
+
+def test_the_parent_run_shows_the_short_table_and_per_row_metrics(report, store):
+    parent = store.client.get_run(store.parents[SWEEP])
+    note = parent.data.tags["mlflow.note.content"]
+    assert "| architecture | test top-1 (%) |" in note
+    assert "| alexnet | 56.25 ± 8.84 |" in note
+    assert "FAILED" in note and "comparison/comparison.html" in note
+    metrics = parent.data.metrics
+    assert metrics["test_top1.alexnet"] == 56.25
+    assert metrics["test_top1.resnet18"] == 65.625
+    assert metrics["best_test_top1"] == max(v for k, v in metrics.items() if "." in k)
+    assert not [key for key in metrics if "FAILED" in key or "RUNNING" in key]
 
 
 def test_png_metadata_counts_the_series(report):
@@ -371,7 +405,8 @@ def test_png_metadata_counts_the_series(report):
 
 def test_a_varied_override_splits_rows(store, tmp_path):
     latest = build_report(store.uri, "cifar100", None, tmp_path, log_to_parent=False)
-    assert latest.sweep_id == LR_SWEEP
+    # The newest sweep never ran a job: the latest one with runs is compared instead.
+    assert latest.sweep_id == LR_SWEEP and latest.sweep.skipped_empty == (EMPTY,)
     assert latest.logged_to is None
     assert store.client.list_artifacts(store.parents[LR_SWEEP]) == []
     assert latest.varied_keys == ("optimizer.lr",)
@@ -383,7 +418,7 @@ def test_a_varied_override_splits_rows(store, tmp_path):
     ]
     # The reused run knows its lr from its params, not its overrides tag.
     assert latest.rows[0].run_ids == (store.runs["alexnet-0"],)
-    assert latest.rows[1].test_top1.mean == 0.5
+    assert latest.rows[1].test_top1.mean == 50.0
     assert latest.rows[2].reference_top1 is None and latest.rows[2].delta_top1 is None
     csv_rows = read_csv(latest.csv)
     assert [row["optimizer.lr"] for row in csv_rows] == ["0.05", "0.1", "0.05", "0.1"]
@@ -412,6 +447,16 @@ def test_cli_rebuilds_the_same_table_in_a_fresh_process(store, report, tmp_path)
     assert (out / "comparison.csv").read_text() == report.csv.read_text()
     assert (out / "comparison.md").read_text() == report.markdown.read_text()
     assert "ValueError: loss is NaN" in result.stdout and "56.25±8.84" in result.stdout
+
+
+def test_cli_says_which_sweep_it_picked_as_the_latest(store, tmp_path, capsys):
+    argv = ["--tracking-uri", store.uri, "--out", str(tmp_path), "--no-log"]
+    assert compare.main(argv) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == (
+        f"sweep {LR_SWEEP}: the latest with at least one run "
+        f"(newer sweeps without runs skipped: {EMPTY})"
+    )
 
 
 def test_cli_missing_store_is_one_line_and_creates_nothing(tmp_path, monkeypatch, capsys):

@@ -5,6 +5,7 @@ FINISHED children with their curves and a predictions.npz artifact built so that
 model's accuracy, agreement with the others, confidence and generalization gap are exact.
 """
 
+import csv
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,14 +122,24 @@ class Store:
             "data.val_size": str(VAL_IMAGES),
             "trainer.epochs": "3",
         }
-        # The best epoch is 1 (0-based); epochs 0 and 2 hold other values on purpose.
+        # As train.py logs them: accuracies in %, epochs from 1 (step = epoch, best_epoch
+        # the same count). The best epoch is 2; epochs 1 and 3 hold other values on purpose.
         val = (0.1, val_at_best, val_at_best - 0.05)
-        history = [Metric("val_top1", v, self.clock, step) for step, v in enumerate(val)]
+        history = [
+            Metric("val_top1", 100 * v, self.clock, step) for step, v in enumerate(val, start=1)
+        ]
         if train_at_best is not None:
             train = (0.2, train_at_best, min(1.0, train_at_best + 0.02))
-            history += [Metric("train_eval_top1", v, self.clock, s) for s, v in enumerate(train)]
-            history.append(Metric("train_eval_images", TRAIN_EVAL_IMAGES, self.clock, 2))
-        finals = {"test_top1": float(correct.mean()), "best_epoch": 1.0, "best_val_top1": 0.5}
+            history += [
+                Metric("train_eval_top1", 100 * v, self.clock, step)
+                for step, v in enumerate(train, start=1)
+            ]
+            history.append(Metric("train_eval_images", TRAIN_EVAL_IMAGES, self.clock, 3))
+        finals = {
+            "test_top1": 100 * float(correct.mean()),
+            "best_epoch": 2.0,
+            "best_val_top1": 100 * val_at_best,
+        }
         history += [Metric(k, v, self.clock, 0) for k, v in finals.items()]
         self.client.log_batch(
             run_id, metrics=history, params=[Param(k, v) for k, v in params.items()]
@@ -270,13 +281,23 @@ def test_intervals_tests_and_marks_against_the_best(mixed, scratch_only):
     assert "| mystery | 1 | 59.90 |" in markdown and f"-0.10 {NOT_SIGNIFICANT} |" in markdown
 
 
+def test_significance_csv_is_in_percent_and_points(mixed):
+    with mixed.significance_csv.open(newline="") as file:
+        rows = {row["architecture"]: row for row in csv.DictReader(file)}
+    assert float(rows["vit"]["test_top1"]) == pytest.approx(90.0)
+    assert float(rows["vit"]["ece_mean"]) == pytest.approx(2.5, abs=1e-3)
+    assert float(rows["resnet18"]["gap"]) == pytest.approx(35.0)
+    assert float(rows["resnet18"]["train_eval_top1_at_best"]) == pytest.approx(95.0)
+    assert float(rows["resnet18"]["val_top1_at_best"]) == pytest.approx(60.0)
+
+
 def test_ece_and_gap_have_their_constructed_values(mixed):
     rows = by_architecture(mixed)
     # One confidence for every image: ECE = |accuracy − confidence|.
     assert rows["vit"].ece == pytest.approx((0.025,), abs=1e-6)
     assert rows["effnetv2"].ece == pytest.approx((0.05,), abs=1e-6)
     gap = rows["resnet18"].gap
-    assert (gap.train, gap.val, gap.epochs) == (pytest.approx(0.95), pytest.approx(0.6), (1, 1))
+    assert (gap.train, gap.val, gap.epochs) == (pytest.approx(0.95), pytest.approx(0.6), (2, 2))
     assert gap.interval.contains(0.35) and gap.interval.low > 0.3
     assert rows["vit"].gap is None  # no train_eval_top1 curve logged
 

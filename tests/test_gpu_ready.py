@@ -163,7 +163,7 @@ def test_comparison_shows_the_device_and_never_averages_speeds_across_devices(tm
     alexnet, resnet18 = report.rows
     assert alexnet.mixed_devices and alexnet.device == f"{H100} ×1 / cpu ×2 cores"
     assert alexnet.train_seconds is None and alexnet.images_per_second is None
-    assert alexnet.test_top1.mean == 0.5  # accuracy still averages over the seeds
+    assert alexnet.test_top1.mean == 50.0  # accuracy (%) still averages over the seeds
     assert resnet18.device == f"{H100} ×1" and resnet18.images_per_second.mean == 475.0
 
     markdown = report.markdown.read_text()
@@ -241,7 +241,7 @@ def test_gpu_check_quick_runs_every_step_and_writes_results_as_it_goes(tmp_path,
     assert torch_models == ["resnet18", "vit"]
     (train,) = [r for r in records if r.get("check") == "train"]
     assert train["status"] == "FINISHED" and train["epochs"] == 1
-    assert 0 <= train["test_top1"] <= 1 and train["precision"] == "float32"
+    assert 0 <= train["test_top1"] <= 100 and train["precision"] == "float32"
     # Results were written in the order they came: environment, speed, reference, training.
     assert checks.index("environment") < checks.index("torch_reference") < checks.index("train")
 

@@ -143,7 +143,7 @@ def report(title: str, snapshot: dict) -> None:
 
 
 def assert_complete(store: Store, models, epochs: int = EPOCHS) -> dict:
-    """One FINISHED run per model, every curve at steps 0..epochs-1 exactly once, finals set."""
+    """One FINISHED run per model, every curve at steps 1..epochs exactly once, finals set."""
     client = store.client()
     runs = store.jobs()
     finished = {}
@@ -155,7 +155,7 @@ def assert_complete(store: Store, models, epochs: int = EPOCHS) -> dict:
     assert sorted(finished) == sorted(models), [(r.data.tags, r.info.status) for r in runs]
     for model, run in finished.items():
         for key in CURVES:
-            assert steps(client, run.info.run_id, key) == list(range(epochs)), (model, key)
+            assert steps(client, run.info.run_id, key) == list(range(1, epochs + 1)), (model, key)
         for key in FINALS:
             assert key in run.data.metrics, (model, key)
         assert run.data.metrics["epochs_run"] == epochs
@@ -275,7 +275,7 @@ def test_identity_ignores_where_and_how_a_run_is_recorded_and_nothing_else():
 def test_secret_looking_keys_are_never_logged():
     cfg = _compose("model=alexnet", "+tracking.api_token=abc", "+data.hub_password=pw")
     params = flatten_params(cfg)
-    assert "tracking.uri" in params
+    assert "model.name" in params and "tracking.uri" not in params  # a machine's path: no param
     assert not [key for key in params if "token" in key or "password" in key]
     shown = public_config(cfg)
     assert shown["tracking"]["api_token"] == "***" and shown["data"]["hub_password"] == "***"
@@ -348,7 +348,7 @@ def test_killed_sweep_reruns_to_one_complete_run_per_model(kill_chain):
     store, records, logs = kill_chain
     first = records["during the first model"]
     (alexnet,) = first["runs"]
-    assert alexnet["status"] == "RUNNING" and alexnet["loss_steps"][0] == 0
+    assert alexnet["status"] == "RUNNING" and alexnet["loss_steps"][0] == 1
     assert any(f.startswith("alexnet/epochs/epoch-0001") for f in first["checkpoint_files"])
     assert f"resuming run {alexnet['run_id']}" in logs["b"]
 
@@ -420,7 +420,7 @@ def test_resume_false_starts_a_fresh_run_beside_the_finished_one(kill_chain, dat
     runs = [r for r in store.jobs() if r.data.tags["model"] == "alexnet"]
     (new,) = [r for r in runs if r.info.run_id != old.info.run_id]
     assert new.info.status == "FINISHED" and new.data.tags["identity"] == old.data.tags["identity"]
-    assert steps(store.client(), new.info.run_id) == list(range(EPOCHS))
+    assert steps(store.client(), new.info.run_id) == list(range(1, EPOCHS + 1))
     assert new.data.tags["sweep_id"] != old.data.tags["sweep_id"]
 
 
@@ -477,7 +477,7 @@ def test_kill_during_a_checkpoint_write_resumes_from_the_epoch_before(tmp_path, 
     # Still there after the kill: the write was cut short, not finished and renamed.
     assert caught.exists(), f"the kill came after {caught.name} was complete"
     (run,) = left["runs"]
-    assert run["status"] == "RUNNING" and run["loss_steps"] == [0]
+    assert run["status"] == "RUNNING" and run["loss_steps"] == [1]
     assert "alexnet/epochs/epoch-0001.json" in left["checkpoint_files"]
     assert not any(f.startswith("alexnet/epochs/epoch-0002.") for f in left["checkpoint_files"])
 
@@ -520,7 +520,7 @@ def test_interrupted_run_with_a_truncated_checkpoint_falls_back(tmp_path, data_c
     finished = assert_complete(store, ["alexnet"])["alexnet"]
     others = [r for r in store.jobs() if r.info.run_id != finished.info.run_id]
     restored = int(newest.stem.removeprefix("epoch-")) - 1
-    if max(run["loss_steps"]) >= restored:
+    if max(run["loss_steps"]) > restored:
         # The store held an epoch the surviving checkpoint lacks: MLflow cannot unlog it, so
         # a new run took over and the interrupted one stays KILLED, pointing at it.
         assert "takes over" in text
@@ -604,7 +604,7 @@ def assert_parallel_sweep(store: Store, text: str) -> None:
     for run in runs:
         assert run.info.status == "FINISHED"
         for key in CURVES:
-            assert steps(store.client(), run.info.run_id, key) == [0, 1], key
+            assert steps(store.client(), run.info.run_id, key) == [1, 2], key
         for key in FINALS:
             assert key in run.data.metrics, key
     # The jobs really overlapped in time.
@@ -737,7 +737,10 @@ def test_parallel_jobs_against_a_local_mlflow_server_leak_no_secret(
         assert "api_token: '***'" in Path(config).read_text()
     # Artifacts went through the server into its own folder, none into the local root.
     served = mlflow_server.folder / "artifacts"
-    assert len(list(served.rglob("best.keras"))) == 4
+    checkpoints = list(served.rglob("best.keras"))
+    # Each run's checkpoints/best.keras, and its logged model's copy.
+    assert len([p for p in checkpoints if p.parent.name == "checkpoints"]) == 4
+    assert len(checkpoints) == 8
     assert not (tmp_path / "artifacts").exists()
     # The secret is nowhere the server keeps anything: database, artifacts, comparison.
     for path in mlflow_server.folder.rglob("*"):

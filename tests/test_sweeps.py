@@ -50,11 +50,9 @@ def test_sweep_prints_and_logs_a_table_equal_to_the_store(smoke_sweep):
     for run in store.jobs():
         row, metrics = rows[run.info.run_name], run.data.metrics
         assert row["status"] == "FINISHED" and row["n"] == "1"
-        assert float(row["test_top1_pct"]) == pytest.approx(100 * metrics["test_top1"], abs=1e-4)
-        assert float(row["test_top5_pct"]) == pytest.approx(100 * metrics["test_top5"], abs=1e-4)
-        assert float(row["best_val_top1_pct"]) == pytest.approx(
-            100 * metrics["best_val_top1"], abs=1e-4
-        )
+        assert float(row["test_top1_pct"]) == pytest.approx(metrics["test_top1"], abs=1e-4)
+        assert float(row["test_top5_pct"]) == pytest.approx(metrics["test_top5"], abs=1e-4)
+        assert float(row["best_val_top1_pct"]) == pytest.approx(metrics["best_val_top1"], abs=1e-4)
         assert int(row["param_count"]) == metrics["param_count"]
         assert row["input_size"] == run.data.params["model.input_size"]
     logged = {
@@ -98,7 +96,7 @@ def test_seeds_give_mean_and_std(seeded_sweep):
     for row in rows:
         assert row["n"] == "2"
         runs = [r for r in store.jobs() if r.data.tags["model"] == row["architecture"]]
-        tops = [r.data.metrics["test_top1"] * 100 for r in runs]
+        tops = [r.data.metrics["test_top1"] for r in runs]  # % as logged
         assert float(row["test_top1_pct"]) == pytest.approx(sum(tops) / 2, abs=1e-4)
         assert row["test_top1_pct_std"] != ""
 
@@ -114,9 +112,12 @@ def test_runs_log_test_predictions_and_a_train_images_curve(seeded_sweep, tmp_pa
         assert predictions.probabilities.shape == (200, 100)  # smoke: 2 test images a class
         assert predictions.top5.shape == (200, 5)
         np.testing.assert_array_equal(predictions.top5[:, 0], predictions.predicted)
-        assert predictions.correct.mean() == pytest.approx(run.data.metrics["test_top1"])
+        assert 100 * predictions.correct.mean() == pytest.approx(run.data.metrics["test_top1"])
+        # In % like val_top1, at the same steps (epochs from 1).
         curve = client.get_metric_history(run.info.run_id, "train_eval_top1")
-        assert [m.step for m in curve] == [0] and 0 <= curve[0].value <= 1
+        val = client.get_metric_history(run.info.run_id, "val_top1")
+        assert [m.step for m in curve] == [m.step for m in val] == [1]
+        assert 0 <= curve[0].value <= 100
         assert run.data.metrics["train_eval_images"] == 200  # experiment=smoke's subset
 
 
@@ -144,7 +145,7 @@ def test_compare_on_seeds_shows_intervals_marks_gap_and_ece(seeded_sweep, tmp_pa
         assert float(row["top1_ci_low"]) <= top1 <= float(row["top1_ci_high"])
         assert float(row["seed_ci_low"]) <= top1 <= float(row["seed_ci_high"])
         assert float(row["gap_ci_low"]) <= float(row["gap"]) <= float(row["gap_ci_high"])
-        assert 0 <= float(row["ece_mean"]) <= 1
+        assert 0 <= float(row["ece_mean"]) <= 100  # %
     assert other["test"] == "paired bootstrap" and 0 < float(other["p_holm"]) <= 1
     assert float(other["difference"]) <= 0
     markdown = (tmp_path / "comparison.md").read_text()

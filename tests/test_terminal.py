@@ -141,7 +141,7 @@ def test_eta_extrapolates_from_finished_epochs():
     EpochProgress.sweep_epoch_seconds[:] = [10.0, 30.0]  # an earlier job: 20 s an epoch
     progress = EpochProgress("[2/3] vit", 5, jobs_after=1, live=False)
     progress.job_epoch_seconds = [60.0, 120.0]  # this job: 90 s an epoch
-    line = progress.line(1, {"loss": 1.0, "top1": 0.5, "val_top1": 0.25}, 120.0)
+    line = progress.line(1, {"loss": 1.0, "top1": 50.0, "val_top1": 25.0}, 120.0)  # in %
     # 3 epochs left here at 90 s; one more job of 5 epochs at the sweep's mean, 20 s
     assert line.endswith(f"ETA {clock(270)}, sweep {clock(270 + 5 * 20)}"), line
     assert "top-1 50.0%  val top-1 25.0%" in line

@@ -73,7 +73,10 @@ def test_callback_logs_top1_on_the_subset_each_epoch():
     assert seen[-1]["train_eval_images"] == 64 and seen[-1]["train_eval_seconds"] > 0
     index = train_subset(split.labels, 64)
     predicted = np.argmax(model.predict(split.images[index], verbose=0), axis=1)
-    assert seen[-1][TRAIN_EVAL_KEY] == pytest.approx(np.mean(predicted == split.labels[index]))
+    # In %, like val_top1.
+    assert seen[-1][TRAIN_EVAL_KEY] == pytest.approx(
+        100 * np.mean(predicted == split.labels[index])
+    )
 
 
 def test_predictions_round_trip_through_the_artifact_file(tmp_path):
@@ -114,6 +117,6 @@ def test_a_resumed_fit_keeps_the_curve_of_the_epochs_before(tmp_path, data_cache
         callbacks=[logged],
     )
     (history,) = heard
-    assert len(history) == 1 and 0 <= history[0][TRAIN_EVAL_KEY] <= 1
+    assert len(history) == 1 and 0 <= history[0][TRAIN_EVAL_KEY] <= 100
     assert history[0]["train_eval_images"] == 64
     assert logged.epoch == [1] and TRAIN_EVAL_KEY in logged.history

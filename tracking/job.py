@@ -4,7 +4,8 @@
 skip, resume or start afresh, opens the run, and records how the job ended: a FAILED run
 with the error as a tag and the traceback as an artifact, a one-line log message, and an
 outcome file the sweep summary reads. In a sweep a failed job lets the next one run; a
-single run exits non-zero.
+single run exits non-zero. While the job lives it owns its config identity (tracking/owner.py):
+another copy of the command waits rather than resume or log into the same run.
 """
 
 import logging
@@ -17,18 +18,22 @@ from pathlib import Path
 import mlflow
 from hydra.core.hydra_config import HydraConfig
 from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from errors import UserError
+from tracking.owner import Ownership
 from tracking.params import (
     config_identity,
     flatten_params,
+    machine_tags,
     public_config,
     public_overrides,
 )
 from tracking.results import log_model_summary
 from tracking.store import connect
 from tracking.sweep import current_sweep, write_outcome
+from tracking.values import clean_metrics
 
 log = logging.getLogger("train")
 
@@ -46,17 +51,26 @@ class TrackedJob:
         self.identity: str | None = None
         self.resuming = False
         self.finished_twin: Run | None = None
+        self.owner: Ownership | None = None
         # What the task returns: best val top-1, NaN for a failed job (Optuna fails the trial).
         self.objective = math.nan
+        # Replaced when the job ends; a job whose process dies first leaves this one, and the
+        # sweep counts it as failed.
+        self._outcome("started")
 
     # -- the run ---------------------------------------------------------------------------
 
     def open(self) -> None:
-        """Connects the store and looks for a run of the same config identity."""
-        self.experiment_id = connect(self.cfg.tracking)
-        self.identity = config_identity(self.cfg)
+        """Connects the store, owns the config identity and looks for a run of it."""
         self.sweep = current_sweep()
+        self.experiment_id = connect(self.cfg.tracking, must_exist=self.sweep is not None)
+        if self.sweep is not None:
+            self._check_parent()
+        self.identity = config_identity(self.cfg)
         self.checkpoint_dir = Path(self.cfg.tracking.checkpoint_dir) / self.identity
+        owner = Ownership(self.cfg.tracking, self.identity, self.job, self.experiment_id)
+        owner.acquire()
+        self.owner = owner
         twin = self._latest_twin()
         if twin is not None and self.cfg.resume:
             if twin.info.status == "FINISHED":
@@ -67,6 +81,16 @@ class TrackedJob:
                 return
         # A fresh run must not pick up a crashed or forced-over twin's epochs.
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)
+
+    def _check_parent(self) -> None:
+        try:
+            mlflow.MlflowClient().get_run(self.sweep.parent_run_id)
+        except MlflowException:
+            raise UserError(
+                f"tracking.uri={self.cfg.tracking.uri}: the store lost this sweep's parent run "
+                f"{self.sweep.parent_run_id} (replaced mid-sweep?); restore it and run the same "
+                "command again"
+            ) from None
 
     def _latest_twin(self) -> Run | None:
         runs = mlflow.search_runs(
@@ -96,7 +120,7 @@ class TrackedJob:
         """Opens the MLflow run (new, or the interrupted twin) and logs what defines it."""
         self.tags, self.model = tags, model  # for a run that takes over (continue_from)
         if self.resuming:
-            run = mlflow.start_run(run_id=self.run_id)
+            run = mlflow.start_run(run_id=self.run_id, log_system_metrics=self._system_metrics())
             if self.sweep is not None:
                 mlflow.set_tag(f"sweep.{self.sweep.sweep_id}", "true")
             log.info("%s: resuming run %s", self.job, self.run_id)
@@ -127,15 +151,25 @@ class TrackedJob:
                 "model": self.name,
                 "overrides": " ".join(public_overrides(HydraConfig.get().overrides.task)),
                 **sweep_tags,
+                **machine_tags(self.cfg),
                 **tags,
             },
+            log_system_metrics=self._system_metrics(),
         )
         self.run_id = run.info.run_id
         mlflow.log_params(flatten_params(self.cfg))
         mlflow.log_text(OmegaConf.to_yaml(public_config(self.cfg)), "config.yaml")
 
+    def _system_metrics(self) -> bool:
+        """CPU, memory (psutil) and GPU (nvidia-ml-py, where present) beside the curves."""
+        settings = self.cfg.tracking.get("system_metrics")
+        if not settings or not settings.enabled:
+            return False
+        mlflow.set_system_metrics_sampling_interval(settings.interval_seconds)
+        return True
+
     def continue_from(self, epochs_done: int, history: list[dict]) -> None:
-        """Makes a resumed run's curves hold epochs 0..epochs_done-1 once each, then trains on.
+        """Makes a resumed run's curves hold epochs 1..epochs_done once each, then trains on.
 
         Epochs the checkpoint holds but the store lost with the kill are logged again. Epochs
         the store holds past the checkpoint (its newer ones were unreadable) cannot be taken
@@ -143,7 +177,7 @@ class TrackedJob:
         """
         client = mlflow.MlflowClient()
         logged = {m.step for m in client.get_metric_history(self.run_id, "loss")}
-        if any(step >= epochs_done for step in logged):
+        if any(step > epochs_done for step in logged):
             old_run_id = self.run_id
             mlflow.end_run("KILLED")
             self.resuming = False
@@ -153,22 +187,22 @@ class TrackedJob:
                 "%s: run %s logged %d epochs but the checkpoint holds %d; run %s takes over",
                 self.job,
                 old_run_id,
-                max(logged) + 1,
+                max(logged),
                 epochs_done,
                 self.run_id,
             )
             logged = set()
-        for epoch, logs in enumerate(history[:epochs_done]):
+        for epoch, logs in enumerate(history[:epochs_done], start=1):
             if epoch not in logged:
-                mlflow.log_metrics(logs, step=epoch)
+                mlflow.log_metrics(clean_metrics(logs), step=epoch)
 
     def finish(self, objective: float) -> None:
         metrics = mlflow.get_run(self.run_id).data.metrics
         log.info(
             "%s: test top-1 %.2f %%, top-5 %.2f %% (run %s)",
             self.job,
-            100 * metrics["test_top1"],
-            100 * metrics["test_top5"],
+            metrics["test_top1"],
+            metrics["test_top5"],
             self.run_id,
         )
         mlflow.end_run("FINISHED")
@@ -183,6 +217,13 @@ class TrackedJob:
         return self
 
     def __exit__(self, exc_type, error, tb) -> bool:
+        try:
+            return self._end(exc_type, error)
+        finally:
+            if self.owner is not None:
+                self.owner.release()
+
+    def _end(self, exc_type, error) -> bool:
         if error is None:
             return False
         if not isinstance(error, Exception):  # Ctrl-C, SystemExit: not this job's failure
@@ -208,8 +249,8 @@ class TrackedJob:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         trace_file.write_text(trace)
         if not mlflow.active_run():
-            if self.identity is None or self.resuming or self.finished:
-                return  # no store yet, or a twin run that a rerun resumes or reuses as is
+            if self.owner is None or self.resuming or self.finished:
+                return  # no store yet, another's run, or a twin a rerun resumes or reuses
             self._new_run({})  # failed before training: still a FAILED row in the sweep
         try:
             mlflow.set_tag("error", message[:5000])

@@ -3,9 +3,14 @@
 import keras
 import mlflow
 
+from tracking.values import clean_metrics
+
 
 class MlflowMetrics(keras.callbacks.Callback):
-    """Logs every value of the epoch logs with step=epoch, synchronously.
+    """Logs every value of the epoch logs at step epoch + 1, synchronously.
+
+    Steps count epochs from 1, as Keras' console does (`Epoch 1/30`) and as the epoch
+    checkpoints are named, so step 3 in the UI is the third epoch everywhere.
 
     mlflow.keras.MlflowCallback does the same asynchronously, and also logs un-stepped
     `validation_*` copies at every validation and the optimizer's config at every fit() (which
@@ -15,4 +20,4 @@ class MlflowMetrics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs:
-            mlflow.log_metrics({key: float(value) for key, value in logs.items()}, step=epoch)
+            mlflow.log_metrics(clean_metrics(logs), step=epoch + 1)

@@ -63,11 +63,38 @@ def is_secret(key: str) -> bool:
     )
 
 
+def _data_that_ran(data: dict) -> None:
+    """Leaves only the data source that wins: data.path, else data.synthetic, else the hub id.
+
+    A smoke preset swaps in the synthetic group; with data.path set the run still trains on
+    that folder, and its params must not say `synthetic`.
+    """
+    if data.get("path"):
+        data.pop("synthetic", None)
+        data.pop("hub_id", None)
+        data["name"] = "cifar100"
+    elif data.get("synthetic"):
+        data.pop("hub_id", None)
+    # The folder is where this machine keeps it, not what the experiment is: a tag.
+    data.pop("path", None)
+
+
 def flatten_params(cfg: DictConfig) -> dict[str, str]:
-    """The resolved config as dotted MLflow params, without secret-looking keys."""
+    """The resolved config as dotted MLflow params: what the run computes, on what data.
+
+    Where and how verbosely a run is recorded (NOT_IDENTITY), the local data folder and
+    secret-looking keys are left out; `machine_tags` keeps what a user may need of them.
+    """
     tree = OmegaConf.to_container(cfg, resolve=True)
-    _drop(tree, "model.sizes")
+    for key in NOT_IDENTITY:
+        _drop(tree, key)
+    _data_that_ran(tree.get("data", {}))
     return {key: str(value)[:6000] for key, value in _flatten(tree) if not is_secret(key)}
+
+
+def machine_tags(cfg: DictConfig) -> dict[str, str]:
+    """Where this machine found the data: a tag, since another machine's folder differs."""
+    return {"data.path": str(cfg.data.path)} if cfg.data.get("path") else {}
 
 
 def _mask(tree):

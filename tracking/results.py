@@ -9,6 +9,8 @@ import mlflow
 import numpy as np
 from omegaconf import DictConfig
 
+from tracking.values import clean, clean_metrics
+
 REPO = Path(__file__).resolve().parent.parent
 PREDICTIONS_FILE = "predictions.npz"
 
@@ -52,20 +54,39 @@ def log_model_summary(model: keras.Model) -> None:
     mlflow.log_metric("param_count", model.count_params())
 
 
-def log_results(fit_result, evaluation, data) -> None:
-    """Final metrics, the best checkpoint, the test predictions, and scikit-learn's report and
+# The per-superclass test top-1 of a run: one table (the UI shows it under Artifacts and
+# in Evaluation), not 20 single-point metrics that crowd the chart view.
+SUPERCLASS_TABLE = "superclass_top1.json"
+
+
+def log_results(fit_result, evaluation, data, model_id=None, test_dataset=None) -> None:
+    """Final metrics (in %, linked to the logged model and the test split), the best
+    checkpoint, the per-superclass table, the test predictions, and scikit-learn's report and
     confusion matrix."""
     mlflow.log_metrics(
+        clean_metrics(
+            {
+                "best_val_top1": fit_result.best_val_top1,
+                "best_epoch": fit_result.best_epoch + 1,  # 1-based, as Keras prints it
+                "epochs_run": fit_result.epochs_run,
+                "train_seconds": fit_result.train_seconds,
+                "train_images_per_second": fit_result.images_per_second,
+            }
+        ),
+        model_id=model_id,
+    )
+    mlflow.log_metrics(
+        clean_metrics({"test_top1": evaluation.top1, "test_top5": evaluation.top5}),
+        model_id=model_id,
+        dataset=test_dataset,
+    )
+    superclasses = sorted(evaluation.superclass_top1.items())
+    mlflow.log_table(
         {
-            "test_top1": evaluation.top1,
-            "test_top5": evaluation.top5,
-            "best_val_top1": fit_result.best_val_top1,
-            "best_epoch": fit_result.best_epoch,
-            "epochs_run": fit_result.epochs_run,
-            "train_seconds": fit_result.train_seconds,
-            "train_images_per_second": fit_result.images_per_second,
-            **{f"test_top1_superclass/{k}": v for k, v in evaluation.superclass_top1.items()},
-        }
+            "superclass": [name for name, _ in superclasses],
+            "test_top1": [clean(value) for _, value in superclasses],
+        },
+        SUPERCLASS_TABLE,
     )
     mlflow.log_artifact(str(fit_result.best_checkpoint), "checkpoints")
     mlflow.log_text(evaluation.report, "classification_report.txt")

@@ -3,8 +3,10 @@
 The Hydra callback creates (or, for the same command run again, reopens) the parent run
 before any job starts, and records its id in the sweep folder. Jobs read it from there,
 whichever process or machine a launcher puts them on, and pass it as MLflow's
-`parent_run_id`. At the end the callback closes the parent, prints what failed, and exits
-non-zero if anything did.
+`parent_run_id`. At the end the callback closes the parent and prints what failed.
+
+Hydra turns a callback's exception into a warning, so the callback never sets the exit
+code: it records what went wrong here, and train.py asks `exit_code()` once Hydra returns.
 
 Hydra instantiates the callback at start-up, for `--help` too, so Keras and MLflow are
 imported only once a sweep starts.
@@ -23,10 +25,25 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from errors import UserError
+from tracking.sweep_plan import check_jobs_compose, describe, planned_jobs
+
 log = logging.getLogger(__name__)
 
 SWEEP_FILE = "mlflow_sweep.json"
 OUTCOME_FILE = "outcome.json"
+
+
+@dataclass
+class Launch:
+    """What this process's multirun left for train.py's exit code."""
+
+    sweep_dir: Path | None = None
+    tracking: DictConfig | None = None
+    store_error: str | None = None
+
+
+LAUNCH = Launch()
 
 
 @dataclass(frozen=True)
@@ -85,6 +102,29 @@ def read_outcomes(sweep_dir: str | Path) -> list[dict]:
 
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        # Before the parent exists: a sweep whose configs do not compose leaves no trace.
+        jobs = planned_jobs(config)
+        if jobs is not None:
+            try:
+                check_jobs_compose(config, jobs)
+            except UserError as error:
+                # Hydra turns a callback's exception into a warning and runs on; this ends it.
+                log.error("%s", error)
+                raise SystemExit(2) from None
+        sweep_dir = Path(config.hydra.sweep.dir)
+        LAUNCH.sweep_dir, LAUNCH.tracking, LAUNCH.store_error = sweep_dir, config.tracking, None
+        # A parent from an earlier launch into this folder must not be picked up by the jobs.
+        (sweep_dir / SWEEP_FILE).unlink(missing_ok=True)
+        # The summary reports this launch only: a job killed before it ended writes none.
+        for stale in sweep_dir.glob(f"*/{OUTCOME_FILE}"):
+            stale.unlink()
+        try:
+            self._open_parent(config, sweep_dir, jobs)
+        except Exception as error:
+            LAUNCH.store_error = " ".join(str(error).split())
+            log.error("sweep: no parent run (%s)", LAUNCH.store_error)
+
+    def _open_parent(self, config: DictConfig, sweep_dir: Path, jobs) -> None:
         from cli.quiet import start_backend
 
         # First, so TensorFlow starts quietly; the backend is part of the sweep's identity.
@@ -106,26 +146,26 @@ class SweepCallback(Callback):
             parent_run_id = existing[0].info.run_id
             client.update_run(parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
         else:
+            command = " ".join(public_overrides(overrides))
             parent_run_id = client.create_run(
                 experiment_id,
-                run_name=f"sweep-{sweep_id}",
+                run_name=f"sweep {describe(jobs, overrides, config.model.name)} · {sweep_id[:6]}",
                 tags={
                     "sweep_id": sweep_id,
                     "sweep_parent": "true",
-                    "sweep_overrides": " ".join(public_overrides(overrides)),
+                    "sweep_overrides": command,
                     "backend": backend,
+                    # The description, until the comparison replaces it at the end.
+                    "mlflow.note.content": f"`python train.py -m {command}`",
                 },
             ).info.run_id
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        # The summary reports this launch only: a job killed before it ended writes none.
-        for stale in sweep_dir.glob(f"*/{OUTCOME_FILE}"):
-            stale.unlink()
         sweep = Sweep(sweep_id, parent_run_id, experiment_id, count_jobs(config))
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(asdict(sweep)))
         count = sweep.job_count
-        jobs = "? jobs" if count is None else f"{count} job{'' if count == 1 else 's'}"
-        log.info("sweep %s: %s · parent run %s", sweep_id, jobs, parent_run_id)
+        counted = "? jobs" if count is None else f"{count} job{'' if count == 1 else 's'}"
+        log.info("sweep %s: %s · parent run %s", sweep_id, counted, parent_run_id)
         uri = config.tracking.uri
         log.info("store %s · ui: mlflow ui --backend-store-uri %s", uri, uri)
 
@@ -135,26 +175,63 @@ class SweepCallback(Callback):
         from comparison import build_report
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        sweep = Sweep(**json.loads((sweep_dir / SWEEP_FILE).read_text()))
         outcomes = read_outcomes(sweep_dir)
-        failed = [o for o in outcomes if o["status"] == "failed"]
-        mlflow.MlflowClient().set_terminated(
-            sweep.parent_run_id, status="FAILED" if failed else "FINISHED"
-        )
         for outcome in outcomes:
             log.info("%-8s %s %s", outcome["status"], outcome["job"], outcome.get("error", ""))
-        # The compact table, then where the full one, the CSV and the plots are.
-        build_report(
-            config.tracking.uri,
-            config.tracking.experiment,
-            sweep.sweep_id,
-            sweep_dir / "comparison",
-        )
-        if failed:
-            log.error(
-                "%d of %d jobs failed: %s",
-                len(failed),
-                len(outcomes),
-                ", ".join(o["job"] for o in failed),
+        if LAUNCH.store_error is not None:
+            return
+        from tracking.store import connect
+
+        try:
+            sweep = Sweep(**json.loads((sweep_dir / SWEEP_FILE).read_text()))
+            connect(config.tracking, must_exist=True)  # never re-create a vanished store
+            failed = any(o["status"] not in ("finished", "skipped") for o in outcomes)
+            mlflow.MlflowClient().set_terminated(
+                sweep.parent_run_id, status="FAILED" if failed else "FINISHED"
             )
-            raise SystemExit(1)
+            # The compact table, then where the full one, the CSV and the plots are.
+            build_report(
+                config.tracking.uri,
+                config.tracking.experiment,
+                sweep.sweep_id,
+                sweep_dir / "comparison",
+            )
+        except Exception as error:
+            LAUNCH.store_error = " ".join(str(error).split())
+            log.error("sweep: could not close the parent run (%s)", LAUNCH.store_error)
+
+
+def exit_code() -> tuple[int, str]:
+    """This process's multirun verdict: the exit code and, when non-zero, the one line why.
+    (0, "") when no multirun ran here."""
+    if LAUNCH.sweep_dir is None:
+        return 0, ""
+    outcomes = read_outcomes(LAUNCH.sweep_dir)
+    failed = [o for o in outcomes if o["status"] not in ("finished", "skipped")]
+    if LAUNCH.store_error is not None:
+        return 1, f"sweep failed: {LAUNCH.store_error}"
+    if not outcomes:
+        return 1, "sweep failed: no job reported an outcome"
+    if failed:
+        names = ", ".join(
+            o["job"] + ("" if o["status"] == "failed" else " (ended without an outcome)")
+            for o in failed
+        )
+        return 1, f"{len(failed)} of {len(outcomes)} jobs failed: {names}"
+    return 0, ""
+
+
+def interrupted(signal_name: str) -> str:
+    """Marks this process's sweep parent KILLED, as the interrupted job's run already is."""
+    if LAUNCH.sweep_dir is not None and (LAUNCH.sweep_dir / SWEEP_FILE).exists():
+        try:
+            import mlflow
+
+            from tracking.store import connect
+
+            sweep = Sweep(**json.loads((LAUNCH.sweep_dir / SWEEP_FILE).read_text()))
+            connect(LAUNCH.tracking, must_exist=True)
+            mlflow.MlflowClient().set_terminated(sweep.parent_run_id, status="KILLED")
+        except Exception as error:  # the rerun reopens the parent anyway
+            log.warning("could not mark the sweep's parent run KILLED (%s)", error)
+    return f"interrupted by {signal_name}; run the same command again to resume"

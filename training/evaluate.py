@@ -43,7 +43,7 @@ class Predictions:
 
 @dataclass(frozen=True)
 class Evaluation:
-    top1: float
+    top1: float  # accuracies in %, as everywhere in the repo
     top5: float
     superclass_top1: dict[str, float]  # fine-label accuracy on each superclass' images
     report: str
@@ -83,10 +83,10 @@ def evaluate(checkpoint: Path, data: Cifar100, batch_size: int) -> Evaluation:
     correct = predicted == labels
     classes = np.arange(data.num_classes)
     return Evaluation(
-        top1=float(correct.mean()),
-        top5=float((top5 == labels[:, None]).any(axis=1).mean()),
+        top1=100 * float(correct.mean()),
+        top5=100 * float((top5 == labels[:, None]).any(axis=1).mean()),
         superclass_top1={
-            name: float(correct[data.test.coarse_labels == index].mean())
+            name: 100 * float(correct[data.test.coarse_labels == index].mean())
             for index, name in enumerate(data.superclass_names)
             if (data.test.coarse_labels == index).any()
         },

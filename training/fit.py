@@ -23,6 +23,7 @@ from callbacks.monitor import monitor_mode
 from data.cifar100 import Cifar100
 from errors import UserError
 from training.losses import classification_loss
+from training.metrics import accuracy_metrics
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +93,7 @@ def compile_stage(model: keras.Model, cfg: DictConfig, stage: Stage, steps_per_e
     model.compile(
         optimizer=instantiate(cfg.optimizer, lr=schedule.learning_rate),
         loss=classification_loss(cfg.trainer.label_smoothing),
-        metrics=[
-            keras.metrics.SparseCategoricalAccuracy(name="top1"),
-            keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5"),
-        ],
+        metrics=accuracy_metrics(),
         jit_compile=cfg.trainer.jit_compile,
         steps_per_execution=cfg.trainer.steps_per_execution,
     )

@@ -4,8 +4,10 @@ They run before anything is loaded or logged, so a bad value costs a second and 
 MLflow run behind. Each names the key and a fix on one line.
 """
 
+import importlib
+
 import keras
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from errors import UserError
 from training.session import PRECISIONS
@@ -30,7 +32,38 @@ def _number(cfg: DictConfig, key: str):
     return value
 
 
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_input_size(cfg: DictConfig) -> None:
+    """model.input_size against the architecture's own minimum, which its module states."""
+    size = cfg.model.get("input_size")
+    if size is None:
+        return
+    _require(
+        _integer(size) and size >= 1,
+        f"model.input_size={size!r} must be a positive integer, e.g. model.input_size=32",
+    )
+    net = OmegaConf.to_container(cfg.model.net, resolve=True)
+    module = importlib.import_module(net.pop("_target_").rsplit(".", 1)[0])
+    if not hasattr(module, "min_input_size"):
+        return
+    minimum = module.min_input_size(**net)
+    _require(
+        size >= minimum,
+        f"model.input_size={size} is below {cfg.model.name}'s minimum of {minimum}; "
+        f"use model.input_size={max(minimum, 32)} or more",
+    )
+
+
 def check_config(cfg: DictConfig) -> None:
+    seed = cfg.get("seed")
+    _require(
+        _integer(seed) and 0 <= seed < 2**32,
+        f"seed={seed!r} must be an integer in [0, 2**32 - 1], e.g. seed=0",
+    )
+    _check_input_size(cfg)
     lr = _number(cfg, "optimizer.lr")
     _require(lr > 0, f"optimizer.lr={lr} must be > 0, e.g. optimizer.lr=0.1")
     if cfg.optimizer.get("global_clipnorm") is not None:
