@@ -81,6 +81,7 @@ def main(cfg: DictConfig) -> float:
                 job.checkpoint_dir,
                 resume=job.resuming,
                 on_resume=job.continue_from,
+                epoch_metrics=train_eval(cfg, data),
                 callbacks=[MlflowMetrics(), *progress(cfg), *pruning],
             )
 
@@ -93,6 +94,16 @@ def main(cfg: DictConfig) -> float:
         log_results(result, evaluation, data, model_id, datasets["test"])
         job.finish(result.best_val_top1)
     return job.objective
+
+
+def train_eval(cfg: DictConfig, data) -> list:
+    """The generalization gap's curve: top-1 on fixed training images, each epoch."""
+    size = cfg.trainer.train_eval_size
+    if not size:
+        return []
+    from callbacks.train_eval import TrainEvalTop1
+
+    return [TrainEvalTop1.from_split(data.train, size, cfg.trainer.batch_size)]
 
 
 def progress(cfg: DictConfig) -> list:

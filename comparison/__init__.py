@@ -7,12 +7,22 @@ No TensorFlow or Keras here: the package only reads the store and draws.
 """
 
 from comparison.collect import RunRecord, StoreError, SweepRecord, load_sweep
+from comparison.findings import Finding, findings
 from comparison.plots import SERIES_KEY, read_series, write_plots
+from comparison.predictions import Predictions, load_predictions
 from comparison.reference import REFERENCE, Reference, reference_top1
 from comparison.report import Report, build_report, write_report
+from comparison.significance import RowStats, Significance, analyse
 from comparison.table import Row, Stat, build_rows, varied_keys
 
 __all__ = [
+    "Finding",
+    "Predictions",
+    "RowStats",
+    "Significance",
+    "analyse",
+    "findings",
+    "load_predictions",
     "REFERENCE",
     "SERIES_KEY",
     "Reference",

@@ -7,6 +7,7 @@ run more than once (a FAILED attempt, then a re-run) only the latest started run
 
 import json
 import math
+import os
 import re
 import sqlite3
 import tempfile
@@ -60,6 +61,7 @@ class RunRecord:
     params: Mapping[str, str]
     metrics: Mapping[str, float]  # latest value of each metric; finals are logged once
     val_top1: tuple[float, ...]  # per epoch (step 1 first), NaN where an epoch is missing
+    train_eval_top1: tuple[float, ...] = ()  # the same (%), on fixed training images
     superclass_top1: Mapping[str, float] = field(default_factory=dict)  # test top-1 (%)
 
     @property
@@ -341,6 +343,7 @@ def _record(client: MlflowClient, run: Run, curve: bool = True) -> RunRecord:
         params=dict(run.data.params),
         metrics=dict(run.data.metrics),
         val_top1=_curve(client, run.info.run_id) if curve else (),
+        train_eval_top1=_curve(client, run.info.run_id, "train_eval_top1") if curve else (),
         superclass_top1=_superclass_table(client, run) if curve else {},
     )
 
@@ -349,7 +352,7 @@ def _superclass_table(client: MlflowClient, run: Run) -> dict[str, float]:
     """The run's per-superclass test top-1 table (tracking.results); {} when it has none."""
     if run.info.status != "FINISHED":
         return {}
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, no_progress_bars():
         try:
             path = client.download_artifacts(run.info.run_id, SUPERCLASS_TABLE, folder)
             table = json.loads(Path(path).read_text())
@@ -361,11 +364,26 @@ def _superclass_table(client: MlflowClient, run: Run) -> dict[str, float]:
     return {str(name): float(value) for name, value, *_ in table.get("data", [])}
 
 
-def _curve(client: MlflowClient, run_id: str) -> tuple[float, ...]:
-    """val_top1 by epoch (steps from 1); a step logged twice (a resume re-logs it) keeps the
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """MLflow draws a progress bar per download: dozens of lines of noise in a sweep's log."""
+    key = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    before = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
+
+
+def _curve(client: MlflowClient, run_id: str, metric: str = "val_top1") -> tuple[float, ...]:
+    """A metric by epoch (steps from 1); a step logged twice (a resume re-logs it) keeps the
     latest value."""
     by_step: dict[int, float] = {}
-    history = client.get_metric_history(run_id, "val_top1")
+    history = client.get_metric_history(run_id, metric)
     for metric in sorted(history, key=lambda m: m.timestamp):
         by_step[metric.step] = metric.value
     if not by_step:

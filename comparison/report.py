@@ -7,7 +7,7 @@ paths, so two builds from the same store are identical.
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -17,7 +17,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from comparison import significance_table
 from comparison.collect import SweepRecord, load_sweep
+from comparison.findings import write_findings
 from comparison.plots import (
     SUPERCLASS_HEATMAP,
     TEST_BARS,
@@ -26,8 +28,11 @@ from comparison.plots import (
     VAL_CURVES,
     write_plots,
 )
+from comparison.predictions import load_predictions
 from comparison.reference import REFERENCE
 from comparison.search import ArchitectureSearch, summarize_search, table_runs
+from comparison.significance import Significance, analyse
+from comparison.stat_plots import RELIABILITY, TOP1_INTERVALS, TRAIN_VAL_CURVES, write_stat_plots
 from comparison.summary import (
     HTML,
     leaderboard_view,
@@ -63,6 +68,9 @@ class Report:
     plots: dict[str, Path]  # file name -> path
     html: Path  # comparison.md with its figures embedded
     logged_to: str | None  # the parent run id that got the files as artifacts, if any
+    significance: Significance | None = None
+    significance_csv: Path | None = None
+    findings: Path | None = None
 
     @property
     def sweep_id(self) -> str:
@@ -74,7 +82,8 @@ class Report:
 
     @property
     def paths(self) -> list[Path]:
-        return [self.markdown, self.html, self.csv, *self.plots.values()]
+        extra = [p for p in (self.significance_csv, self.findings) if p is not None]
+        return [self.markdown, self.html, self.csv, *extra, *self.plots.values()]
 
 
 def build_report(
@@ -88,8 +97,9 @@ def build_report(
 ) -> Report:
     """Builds the comparison of a sweep (None: the latest started) from the store alone.
 
-    Writes comparison.md, comparison.csv and the PNG figures into out_dir, prints the table,
-    and logs the files under `comparison/` of the sweep's parent run when log_to_parent.
+    Writes comparison.md, comparison.csv, significance.csv, findings.md and the PNG figures
+    into out_dir, prints the tables, and logs the files under `comparison/` of the sweep's
+    parent run when log_to_parent.
     Raises comparison.StoreError (a UserError) when the store, experiment or sweep is missing.
     """
     sweep = load_sweep(tracking_uri, experiment, sweep_id)
@@ -112,13 +122,18 @@ def write_report(
     varied = tuple(k for k in varied_keys(runs) if not k.startswith("search."))
     rows = tuple(build_rows(runs, varied))
     csv_path = write_csv(rows, varied, out_dir / CSV)
-    plots = write_plots(rows, out_dir)
+    significance = analyse(rows, load_predictions(sweep.tracking_uri, sweep.runs))
+    significance_csv = significance_table.write_csv(
+        significance, out_dir / significance_table.SIGNIFICANCE_CSV
+    )
+    plots = {**write_plots(rows, out_dir), **write_stat_plots(significance, out_dir)}
+    findings = write_findings(sweep, significance, out_dir)
     markdown = out_dir / MARKDOWN
-    text = render_markdown(sweep, rows, varied, search)
+    text = render_markdown(sweep, rows, varied, significance, search)
     markdown.write_text(text)
     page = out_dir / HTML
     page.write_text(render_html(text, plots, f"CIFAR-100 comparison — sweep {sweep.sweep_id}"))
-    print_table(sweep, rows, varied, console)
+    print_table(sweep, rows, varied, console, significance)
     if search:
         lines = [f"search: {summary.line()}" for summary in search]
         if console is None:
@@ -126,12 +141,23 @@ def write_report(
         else:
             console.print("\n".join(lines))
 
-    logged_to = None
+    report = Report(
+        sweep,
+        varied,
+        rows,
+        markdown,
+        csv_path,
+        plots,
+        page,
+        None,
+        significance,
+        significance_csv,
+        findings,
+    )
     if log_to_parent:
-        _log_artifacts(sweep, [markdown, page, csv_path, *plots.values()], out_dir)
+        _log_artifacts(sweep, report.paths, out_dir)
         _describe_parent(sweep, rows)
-        logged_to = sweep.parent_run_id
-    report = Report(sweep, varied, rows, markdown, csv_path, plots, page, logged_to)
+        report = replace(report, logged_to=sweep.parent_run_id)
     print_paths(report, console)
     return report
 
@@ -194,7 +220,11 @@ def rich_table(
 
 
 def print_table(
-    sweep: SweepRecord, rows: Sequence[Row], varied: Sequence[str], console: Console | None = None
+    sweep: SweepRecord,
+    rows: Sequence[Row],
+    varied: Sequence[str],
+    console: Console | None = None,
+    significance: Significance | None = None,
 ) -> None:
     """Prints the compact table, leaving out optional columns until it fits the console."""
     console = console or Console()
@@ -216,6 +246,8 @@ def print_table(
                 highlight=False,
                 soft_wrap=True,
             )
+    if significance is not None and significance.rows:
+        console.print(significance_table.rich_table(significance))
 
 
 def print_paths(report: "Report", console: Console | None = None) -> None:
@@ -272,10 +304,25 @@ def _unfinished_notes(rows: Sequence[Row]) -> list[str]:
     return notes
 
 
+def _significance_section(significance: Significance) -> list[str]:
+    lines = ["", "## Which differences are real", ""]
+    if not significance.rows:
+        return [*lines, "No finished run in this sweep."]
+    lines += [significance_table.markdown_table(significance), "", significance_table.explanation()]
+    if significance.notes:
+        lines += ["", *(f"- {note}" for note in significance.notes)]
+    return [
+        *lines,
+        "",
+        "The reference study's claims, tested on these numbers: [findings.md](findings.md).",
+    ]
+
+
 def render_markdown(
     sweep: SweepRecord,
     rows: Sequence[Row],
     varied: Sequence[str],
+    significance: Significance | None = None,
     search: Sequence[ArchitectureSearch] | None = None,
 ) -> str:
     statuses = Counter(run.status for run in sweep.runs)
@@ -337,12 +384,21 @@ def render_markdown(
             lines.append(
                 f"- {run.architecture} seed={run.seed} — run `{run.run_id}` {run.status}{error}"
             )
+    if significance is not None:
+        lines += _significance_section(significance)
     figures = [
+        (
+            TOP1_INTERVALS,
+            "Test top-1 with 95 % intervals over test images; best and not "
+            "significantly different rows marked",
+        ),
         (VAL_CURVES, "Validation top-1 per epoch (mean over seeds)"),
         (TEST_BARS, "Test top-1 per row; black tick: the reference study"),
         (TOP1_VS_TIME, "Test top-1 vs train wall time"),
         (TOP1_VS_PARAMS, "Test top-1 vs parameter count"),
         (SUPERCLASS_HEATMAP, "Test top-1 per superclass"),
+        (TRAIN_VAL_CURVES, "Top-1 on fixed training images and on validation per epoch"),
+        (RELIABILITY, "Reliability diagrams: accuracy against confidence, 15 bins"),
     ]
     lines += ["", "## Figures", ""]
     for name, caption in figures:

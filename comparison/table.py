@@ -347,8 +347,8 @@ OPTIONAL_COLUMNS = ("top-5", "n", "val top-1", "strategy", "time")
 def _compact_pct(stat: Stat | None) -> str:
     if stat is None:
         return ""
-    text = f"{stat.mean * 100:.2f}"
-    return text if stat.std is None else f"{text}±{stat.std * 100:.2f}"
+    text = f"{stat.mean:.2f}"  # % as logged
+    return text if stat.std is None else f"{text}±{stat.std:.2f}"
 
 
 def _clock(stat: Stat | None) -> str:

@@ -99,3 +99,14 @@ def smoke_sweep(tmp_path_factory, data_cache):
     )
     assert result.returncode == 0, output(result)[-4000:]
     return Store(root), result
+
+
+@pytest.fixture(scope="session")
+def seeded_sweep(tmp_path_factory, data_cache):
+    """Two cheap architectures with seeds 0 and 1: rows of n=2, run once for the session."""
+    root = tmp_path_factory.mktemp("seeded-sweep")
+    result = train_cli(
+        "-m", "model=alexnet,vgg13", "experiment=smoke", "seed=0,1", root=root, cache=data_cache
+    )
+    assert result.returncode == 0, output(result)[-4000:]
+    return Store(root), result

@@ -24,6 +24,7 @@ from comparison.plots import (
     TOP1_VS_TIME,
     VAL_CURVES,
 )
+from comparison.stat_plots import RELIABILITY, TOP1_INTERVALS, TRAIN_VAL_CURVES
 
 REPO = Path(__file__).resolve().parent.parent
 OLD, SWEEP, LR_SWEEP = "0000000000a0", "aaaaaaaaaaa1", "bbbbbbbbbbb2"
@@ -35,7 +36,16 @@ SUPERCLASSES = [
     "large_omnivores_and_herbivores", "medium_mammals", "non-insect_invertebrates", "people",
     "reptiles", "small_mammals", "trees", "vehicles_1", "vehicles_2",
 ]  # fmt: skip
-PNGS = [VAL_CURVES, TEST_BARS, TOP1_VS_TIME, TOP1_VS_PARAMS, SUPERCLASS_HEATMAP]
+PNGS = [
+    VAL_CURVES,
+    TEST_BARS,
+    TOP1_VS_TIME,
+    TOP1_VS_PARAMS,
+    SUPERCLASS_HEATMAP,
+    TOP1_INTERVALS,
+    RELIABILITY,
+    TRAIN_VAL_CURVES,
+]
 
 
 def finals(top1, top5, best_val, seconds, ips, params, epochs=3.0):
@@ -340,7 +350,14 @@ def test_failed_and_running_runs_are_rows_with_their_status(report, store):
 
 
 def test_files_are_written_and_logged_to_the_parent(report, store):
-    names = {"comparison.md", "comparison.html", "comparison.csv", *PNGS}
+    names = {
+        "comparison.md",
+        "comparison.html",
+        "comparison.csv",
+        "significance.csv",
+        "findings.md",
+        *PNGS,
+    }
     assert {path.name for path in report.paths} == names
     assert all(path.stat().st_size > 0 for path in report.paths)
     assert report.logged_to == store.parents[SWEEP]
@@ -376,6 +393,10 @@ def test_png_metadata_counts_the_series(report):
         TOP1_VS_TIME: 3,
         TOP1_VS_PARAMS: 3,
         SUPERCLASS_HEATMAP: 3,
+        # These runs logged no predictions.npz and no train_eval_top1 curve.
+        TOP1_INTERVALS: 0,
+        RELIABILITY: 0,
+        TRAIN_VAL_CURVES: 0,
     }
     for name, series in expected.items():
         with Image.open(report.plots[name]) as image:

@@ -24,13 +24,13 @@ from tests.conftest import MODELS, REPO, output
 # -- the compact table ---------------------------------------------------------------------
 
 
-def _run(name, seed, status="FINISHED", lr="0.1", top1=0.1234, error=None):
+def _run(name, seed, status="FINISHED", lr="0.1", top1=12.34, error=None):
     metrics = {}
     if status == "FINISHED":
-        metrics = {
-            "best_val_top1": top1 + 0.01,
+        metrics = {  # accuracies in %, as train.py logs them
+            "best_val_top1": top1 + 1,
             "test_top1": top1,
-            "test_top5": top1 * 1.5,
+            "test_top5": min(100.0, top1 * 1.5),
             "train_seconds": 3725.0,
             "epochs_run": 30.0,
         }
@@ -52,7 +52,7 @@ def _run(name, seed, status="FINISHED", lr="0.1", top1=0.1234, error=None):
 def _sweep():
     """Five architectures x two learning rates x three seeds, and a failed run."""
     runs = [
-        _run(name, seed, lr=lr, top1=0.5 + 0.1 * seed)
+        _run(name, seed, lr=lr, top1=50.0 + 10 * seed)
         for name in MODELS
         for lr in ("0.05", "0.1")
         for seed in (0, 1, 2)
@@ -79,7 +79,7 @@ def test_the_console_table_fits_and_cuts_no_key_cell(width):
         key = [cells[0], cells[1], cells[-4], cells[-1]]
         assert any(all(cell in line for cell in key if cell) for line in lines), (key, text)
     assert sum(line[-1:] == ["FINISHED"] for line in lines) == 10
-    assert "60.00±10.00" in table  # test top-1 over the seeds 0.5, 0.6, 0.7
+    assert "60.00±10.00" in table  # test top-1 over the seeds 50, 60, 70 (%)
     assert "1:02:05" in table  # the train time
     # The failed run's error stays in view, below the table.
     assert "FAILED effnetv2" in text and "ValueError: loss is NaN" in text

@@ -14,6 +14,7 @@ NOT_IDENTITY = (
     "tracking",
     "resume",
     "trainer.verbose",
+    "trainer.train_eval_size",  # what is measured each epoch, not what is trained
     "trainer.progress",
     "data.cache_dir",
     "model.sizes",

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from tracking.values import clean, clean_metrics
 
 REPO = Path(__file__).resolve().parent.parent
+PREDICTIONS_FILE = "predictions.npz"
 
 
 def git_commit() -> str:
@@ -60,7 +61,8 @@ SUPERCLASS_TABLE = "superclass_top1.json"
 
 def log_results(fit_result, evaluation, data, model_id=None, test_dataset=None) -> None:
     """Final metrics (in %, linked to the logged model and the test split), the best
-    checkpoint, the per-superclass table, and scikit-learn's report and confusion matrix."""
+    checkpoint, the per-superclass table, the test predictions, and scikit-learn's report and
+    confusion matrix."""
     mlflow.log_metrics(
         clean_metrics(
             {
@@ -89,6 +91,10 @@ def log_results(fit_result, evaluation, data, model_id=None, test_dataset=None) 
     mlflow.log_artifact(str(fit_result.best_checkpoint), "checkpoints")
     mlflow.log_text(evaluation.report, "classification_report.txt")
     with tempfile.TemporaryDirectory() as folder:
+        # What the comparison's intervals, paired tests and calibration are computed from.
+        predictions = Path(folder) / PREDICTIONS_FILE
+        np.savez_compressed(predictions, **evaluation.predictions.arrays())
+        mlflow.log_artifact(str(predictions))
         csv = Path(folder) / "confusion_matrix.csv"
         header = ",".join(["true\\predicted", *data.class_names])
         rows = [

@@ -125,14 +125,17 @@ def fit(
     *,
     resume: bool = False,
     on_resume: Callable[[int, list[dict]], None] | None = None,
+    epoch_metrics: Sequence[keras.callbacks.Callback] = (),
     callbacks: Sequence[keras.callbacks.Callback] = (),
 ) -> FitResult:
     """Trains through every stage, checkpointing each epoch under `checkpoint_dir`.
 
     `resume` continues from the newest readable checkpoint there; `on_resume(epochs_done,
-    history)` then hears where training picks up. The extra `callbacks` (train.py's MLflow
-    logger, a search's pruning) run after each epoch's checkpoint is written; one that stops
-    training ends every stage.
+    history)` then hears where training picks up. `epoch_metrics` (train.py's train-images
+    top-1) add values to each epoch's logs before the checkpoint records them, so a resumed
+    run's history holds them too. The extra `callbacks` (train.py's MLflow logger, a search's
+    pruning) run after each epoch's checkpoint is written; one that stops training ends every
+    stage.
     """
     trainer = cfg.trainer
     steps_per_epoch = math.ceil(len(data.train.labels) / trainer.batch_size)
@@ -167,6 +170,7 @@ def fit(
                 *schedule.callbacks,
                 *early_stopping,
                 StopOnDivergence(),
+                *epoch_metrics,
                 best,
                 epochs,
                 *callbacks,

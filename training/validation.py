@@ -83,6 +83,14 @@ def check_config(cfg: DictConfig) -> None:
         batch_size > 0 and batch_size == int(batch_size),
         f"trainer.batch_size={batch_size} must be a positive integer, e.g. trainer.batch_size=128",
     )
+    train_eval_size = cfg.trainer.get("train_eval_size", 0)
+    _require(
+        isinstance(train_eval_size, int)
+        and not isinstance(train_eval_size, bool)
+        and train_eval_size >= 0,
+        f"trainer.train_eval_size={train_eval_size!r} must be an integer >= 0 "
+        "(training images predicted each epoch; 0: none)",
+    )
     epochs = _number(cfg, "trainer.epochs")
     _require(
         epochs >= 1 and epochs == int(epochs),
