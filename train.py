@@ -18,7 +18,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-import cli.help  # noqa: F401 (registers the resolver --help lists the groups with)
+from cli.help import answer_help  # also registers the resolver --help lists groups with
 from cli.overrides import check_override_keys
 from cli.quiet import set_switches
 
@@ -156,5 +156,7 @@ def cli() -> int:
 
 
 if __name__ == "__main__":
+    if answer_help(sys.argv[1:]):
+        sys.exit(0)
     check_override_keys()
     sys.exit(cli())
