@@ -387,6 +387,7 @@ def test_hub_silent_endpoint_fails_fast_then_uses_a_prepared_cache(tmp_path, sil
 # --- the real copy ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # decodes or reads 60,000 real images
 @pytest.mark.skipif(not REAL.is_dir(), reason="no real CIFAR-100 at ../shared/cifar100")
 def test_real_cifar100(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)

@@ -43,7 +43,8 @@ class StopAfter(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-@pytest.mark.parametrize("case", CASES)
+# The fine-tune case (a ViT, two stages) is the quick loop's costliest test: full suite only.
+@pytest.mark.parametrize("case", ["scratch", pytest.param("finetune", marks=pytest.mark.slow)])
 def test_an_interrupted_fit_resumes_where_its_checkpoint_stopped(case, tmp_path, data_cache):
     cfg, data, model = _setup(case, data_cache)
     first = fit(model, data, cfg, tmp_path, callbacks=[StopAfter(2)])

@@ -315,6 +315,7 @@ def test_effnetv2_invalid_choice_is_a_user_error(kwargs, message):
         _effnet(**kwargs)
 
 
+@pytest.mark.slow  # two compiled training stages of EfficientNetV2
 def test_effnetv2_trains_head_then_unfreezes_with_batchnorm_in_inference_mode():
     model = _compile(_effnet(strategy="finetune"))
     backbone = model.get_layer("backbone")
