@@ -21,7 +21,12 @@ SWITCHES = {
     "GRPC_VERBOSITY": "ERROR",  # gRPC inside TensorFlow
     # datasets' bars for preparing a local cache: seconds of carriage returns in a log
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    # MLflow's bar for each small artifact it reads back (a run's tables, predictions)
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
+# MLflow's per-job INFO chatter: the system-metrics thread starting and stopping, the logged
+# model's input example being validated. Their warnings and errors still show.
+CHATTY_LOGGERS = ("mlflow.system_metrics", "mlflow.pyfunc", "mlflow.models")
 
 _ABSL = r"^[IWE]0000 \d\d:\d\d:[\d.]+ +\d+ "
 # Harmless on every healthy run. `cuInit` is dropped only where there is no CUDA driver at
@@ -60,6 +65,8 @@ class OncePerWarning(logging.Filter):
 def set_switches() -> None:
     for name, value in SWITCHES.items():
         os.environ.setdefault(name, value)
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def drop_known(text: str) -> str:
