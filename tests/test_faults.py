@@ -541,8 +541,11 @@ def untouched(state):
 
 def _lease(ctx, host: str, slurm: str = "") -> None:
     from tracking.params import config_identity
+    from training import device as devices
 
     cfg = _compose(*ONE)
+    # As train.py does before it takes the identity: precision=auto becomes what runs here.
+    cfg.trainer.precision = devices.resolve_precision(cfg.trainer.precision, devices.detect())
     client = ctx.client()
     experiment = client.create_experiment(ctx.experiment)
     lease = {"host": host, "pid": 4242, "slurm": slurm, "job": "0_alexnet", "since": time.time()}
