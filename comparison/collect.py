@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from errors import UserError, one_line
 from tracking.store import server_silence
+from tracking.values import curve_key
 
 SQLITE_PREFIX = "sqlite:///"
 PARENT_FILTER = "tags.sweep_parent = 'true'"
@@ -380,10 +381,10 @@ def no_progress_bars() -> Iterator[None]:
 
 
 def _curve(client: MlflowClient, run_id: str, metric: str = "val_top1") -> tuple[float, ...]:
-    """A metric by epoch (steps from 1); a step logged twice (a resume re-logs it) keeps the
-    latest value."""
+    """A per-epoch value (`curves/<metric>` in the store) by epoch (steps from 1); a step
+    logged twice (a resume re-logs it) keeps the latest value."""
     by_step: dict[int, float] = {}
-    history = client.get_metric_history(run_id, metric)
+    history = client.get_metric_history(run_id, curve_key(metric))
     for metric in sorted(history, key=lambda m: m.timestamp):
         by_step[metric.step] = metric.value
     if not by_step:

@@ -9,19 +9,24 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from tracking.values import curve_key
+
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("alexnet", "vgg13", "resnet18", "effnetv2", "vit")
-# What every run logs per epoch, with step=epoch.
-CURVES = (
-    "loss",
-    "top1",
-    "top5",
-    "val_loss",
-    "val_top1",
-    "val_top5",
-    "lr",
-    "epoch_seconds",
-    "images_per_second",
+# What every run logs per epoch, with step=epoch, as `curves/<name>` in the store.
+CURVES = tuple(
+    curve_key(name)
+    for name in (
+        "loss",
+        "top1",
+        "top5",
+        "val_loss",
+        "val_top1",
+        "val_top5",
+        "lr",
+        "epoch_seconds",
+        "images_per_second",
+    )
 )
 
 

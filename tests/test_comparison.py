@@ -25,6 +25,7 @@ from comparison.plots import (
     VAL_CURVES,
 )
 from comparison.stat_plots import RELIABILITY, TOP1_INTERVALS, TRAIN_VAL_CURVES
+from tracking.values import curve_key
 
 REPO = Path(__file__).resolve().parent.parent
 OLD, SWEEP, LR_SWEEP = "0000000000a0", "aaaaaaaaaaa1", "bbbbbbbbbbb2"
@@ -131,7 +132,7 @@ class Store:
         history = []
         for epoch, value in enumerate(curve):
             for name, v in (("val_top1", 100 * value), ("loss", 4.0 - epoch)):
-                history.append(Metric(name, v, start + epoch, epoch + 1))
+                history.append(Metric(curve_key(name), v, start + epoch, epoch + 1))
         finals, superclasses = metrics if isinstance(metrics, tuple) else (metrics or {}, {})
         final = [Metric(k, v, start + 100, 0) for k, v in finals.items()]
         self.client.log_batch(

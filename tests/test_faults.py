@@ -32,6 +32,7 @@ from test_resilience import Server
 import train
 from data.cifar100 import load_cifar100
 from data.synthetic import write_synthetic_cifar
+from tracking.values import curve_key
 
 # 100 classes x 2 training images: 100 to validate, 100 to train, 4 steps an epoch.
 SMALL = (
@@ -176,7 +177,9 @@ def store_state(ctx: Ctx) -> dict:
         if run.data.tags.get("sweep_parent") == "true":
             parents.append(run.info.status)
             continue
-        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "loss"))
+        steps = sorted(
+            m.step for m in client.get_metric_history(run.info.run_id, curve_key("loss"))
+        )
         assert len(steps) == len(set(steps)), f"a step logged twice: {steps}"
         jobs.append((run.data.tags.get("model"), run.info.status, steps, run.info.run_id))
     assert "RUNNING" not in [status for _, status, _, _ in jobs] + parents

@@ -25,6 +25,7 @@ from comparison.significance import Significance, analyse
 from comparison.significance_table import NOT_SIGNIFICANT
 from comparison.stat_plots import RELIABILITY, TOP1_INTERVALS, TRAIN_VAL_CURVES
 from comparison.stats import holm
+from tracking.values import curve_key
 
 IMAGES, CLASSES, VAL_IMAGES, TRAIN_EVAL_IMAGES = 2000, 100, 5000, 5000
 MIXED, SCRATCH_ONLY = "aaaaaaaaaaa1", "bbbbbbbbbbb2"
@@ -126,15 +127,16 @@ class Store:
         # the same count). The best epoch is 2; epochs 1 and 3 hold other values on purpose.
         val = (0.1, val_at_best, val_at_best - 0.05)
         history = [
-            Metric("val_top1", 100 * v, self.clock, step) for step, v in enumerate(val, start=1)
+            Metric(curve_key("val_top1"), 100 * v, self.clock, step)
+            for step, v in enumerate(val, start=1)
         ]
         if train_at_best is not None:
             train = (0.2, train_at_best, min(1.0, train_at_best + 0.02))
             history += [
-                Metric("train_eval_top1", 100 * v, self.clock, step)
+                Metric(curve_key("train_eval_top1"), 100 * v, self.clock, step)
                 for step, v in enumerate(train, start=1)
             ]
-            history.append(Metric("train_eval_images", TRAIN_EVAL_IMAGES, self.clock, 3))
+            history.append(Metric(curve_key("train_eval_images"), TRAIN_EVAL_IMAGES, self.clock, 3))
         finals = {
             "test_top1": 100 * float(correct.mean()),
             "best_epoch": 2.0,

@@ -13,6 +13,7 @@ from conftest import MODELS, REPO, output, train_cli
 from hydra import compose, initialize_config_dir
 
 from tracking.ui import chromium_page, chromium_path, mlflow_server
+from tracking.values import curve_key
 
 pytestmark = pytest.mark.slow
 
@@ -91,7 +92,7 @@ def test_metric_values_carry_no_float32_noise(served):
                 continue  # MLflow's own sampler logs these as psutil reports them
             clean = value.is_integer() or value == float(f"{value:.6g}")
             assert clean, (run["info"]["run_name"], key, value)
-    lr = [metrics(run)["lr"] for run in children]
+    lr = [metrics(run)[curve_key("lr")] for run in children]
     assert set(lr) <= {0.1, 0.05, 0.02, 0.01, 0.001, 0.0003, 0.0001}, lr
 
 

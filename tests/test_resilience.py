@@ -26,6 +26,7 @@ from hydra import compose, initialize_config_dir
 
 from callbacks.checkpoints import BestCheckpoint, EpochCheckpoint
 from tracking.params import config_identity, flatten_params, public_config, public_overrides
+from tracking.values import curve_key
 
 EPOCHS = 3
 FINALS = ("test_top1", "test_top5", "best_val_top1", "epochs_run", "param_count")
@@ -104,7 +105,7 @@ def run_of(store: Store, model: str):
     return runs[-1] if runs else None
 
 
-def steps(client, run_id: str, key: str = "loss") -> list[int]:
+def steps(client, run_id: str, key: str = curve_key("loss")) -> list[int]:
     return sorted(m.step for m in client.get_metric_history(run_id, key))
 
 
@@ -381,7 +382,9 @@ def test_resumed_run_continues_the_lr_schedule(kill_chain):
         lr = float(run.data.params["optimizer.lr"])
         logged = [
             m.value
-            for m in sorted(client.get_metric_history(run.info.run_id, "lr"), key=lambda m: m.step)
+            for m in sorted(
+                client.get_metric_history(run.info.run_id, curve_key("lr")), key=lambda m: m.step
+            )
         ]
         # Cosine without warmup, read at the end of each epoch: restarting the optimizer's
         # step count on resume would repeat 0.75 * lr.

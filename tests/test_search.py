@@ -18,6 +18,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from hydra_plugins.cifar_optuna._space import parse_space
+from tracking.values import curve_key
 
 # Tiny trials (a few seconds of CPU each): AlexNet, the fastest to build, on ten generated
 # classes it learns within three epochs; the median pruner judges from the first epoch once
@@ -83,7 +84,7 @@ def test_median_pruner_stops_trials_early_and_reports(tmp_path, data_cache):
     _assert_one_run_per_trial(store, study)
     epochs = 0
     for run in _trial_runs(store):
-        logged = store.client().get_metric_history(run.info.run_id, "val_top1")
+        logged = store.client().get_metric_history(run.info.run_id, curve_key("val_top1"))
         epochs += len(logged)
         if run.data.tags["trial_state"] == "PRUNED":
             # Stopped on purpose, not failed; the tag says where.

@@ -18,6 +18,7 @@ from comparison.plots import read_series
 from comparison.predictions import PREDICTIONS_FILE, read_predictions
 from comparison.significance_table import NOT_SIGNIFICANT
 from comparison.stat_plots import RELIABILITY, TOP1_INTERVALS, TRAIN_VAL_CURVES
+from tracking.values import curve_key
 
 # Every test runs train.py, or reads the smoke sweep it ran.
 pytestmark = pytest.mark.slow
@@ -116,11 +117,11 @@ def test_runs_log_test_predictions_and_a_train_images_curve(seeded_sweep, tmp_pa
         np.testing.assert_array_equal(predictions.top5[:, 0], predictions.predicted)
         assert 100 * predictions.correct.mean() == pytest.approx(run.data.metrics["test_top1"])
         # In % like val_top1, at the same steps (epochs from 1).
-        curve = client.get_metric_history(run.info.run_id, "train_eval_top1")
-        val = client.get_metric_history(run.info.run_id, "val_top1")
+        curve = client.get_metric_history(run.info.run_id, curve_key("train_eval_top1"))
+        val = client.get_metric_history(run.info.run_id, curve_key("val_top1"))
         assert [m.step for m in curve] == [m.step for m in val] == [1]
         assert 0 <= curve[0].value <= 100
-        assert run.data.metrics["train_eval_images"] == 200  # experiment=smoke's subset
+        assert run.data.metrics[curve_key("train_eval_images")] == 200  # experiment=smoke's subset
 
 
 @pytest.mark.slow

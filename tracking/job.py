@@ -33,7 +33,7 @@ from tracking.params import (
 from tracking.results import log_model_summary
 from tracking.store import connect
 from tracking.sweep import current_sweep, write_outcome
-from tracking.values import clean_metrics
+from tracking.values import clean_curves, clean_metrics, curve_key
 
 log = logging.getLogger("train")
 
@@ -176,7 +176,7 @@ class TrackedJob:
         back in MLflow, so a new run of the same identity takes over and the old one is KILLED.
         """
         client = mlflow.MlflowClient()
-        logged = {m.step for m in client.get_metric_history(self.run_id, "loss")}
+        logged = {m.step for m in client.get_metric_history(self.run_id, curve_key("loss"))}
         if any(step > epochs_done for step in logged):
             old_run_id = self.run_id
             mlflow.end_run("KILLED")
@@ -194,7 +194,7 @@ class TrackedJob:
             logged = set()
         for epoch, logs in enumerate(history[:epochs_done], start=1):
             if epoch not in logged:
-                mlflow.log_metrics(clean_metrics(logs), step=epoch)
+                mlflow.log_metrics(clean_curves(logs), step=epoch)
 
     def finish(self, objective: float) -> None:
         metrics = mlflow.get_run(self.run_id).data.metrics

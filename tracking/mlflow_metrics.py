@@ -3,11 +3,11 @@
 import keras
 import mlflow
 
-from tracking.values import clean_metrics
+from tracking.values import clean_curves
 
 
 class MlflowMetrics(keras.callbacks.Callback):
-    """Logs every value of the epoch logs at step epoch + 1, synchronously.
+    """Logs every value of the epoch logs at step epoch + 1 as `curves/<name>`, synchronously.
 
     Steps count epochs from 1, as Keras' console does (`Epoch 1/30`) and as the epoch
     checkpoints are named, so step 3 in the UI is the third epoch everywhere.
@@ -20,4 +20,4 @@ class MlflowMetrics(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if logs:
-            mlflow.log_metrics(clean_metrics(logs), step=epoch + 1)
+            mlflow.log_metrics(clean_curves(logs), step=epoch + 1)

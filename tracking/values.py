@@ -13,3 +13,18 @@ def clean(value) -> float:
 
 def clean_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
     return {key: clean(value) for key, value in metrics.items()}
+
+
+# Per-epoch values go under one prefix: the MLflow UI makes a chart section of each prefix and
+# shows those sections before its "Model metrics" section of single values (test top-1 and
+# the like), so a run's chart view opens on its learning curves.
+CURVES = "curves/"
+
+
+def curve_key(name: str) -> str:
+    """The store's name of a per-epoch value: `val_top1` -> `curves/val_top1`."""
+    return CURVES + name
+
+
+def clean_curves(logs: Mapping[str, object]) -> dict[str, float]:
+    return {curve_key(key): value for key, value in clean_metrics(logs).items()}

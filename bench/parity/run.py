@@ -76,6 +76,8 @@ def run_keras(overrides: list[str], seed: int, out: Path) -> dict:
     """train.py in a subprocess with its own MLflow store; the curves read back from it."""
     import mlflow
 
+    from tracking.values import curve_key
+
     root = out / f"keras-seed{seed}"
     log_file = out / f"keras-seed{seed}.log"
     command = [
@@ -100,7 +102,7 @@ def run_keras(overrides: list[str], seed: int, out: Path) -> dict:
     curves: dict[int, dict] = {}
     for key in ("loss", "top1", "val_top1", "val_loss", "epoch_seconds"):
         scale = 0.01 if key.endswith("top1") else 1.0
-        for metric in client.get_metric_history(run.info.run_id, key):
+        for metric in client.get_metric_history(run.info.run_id, curve_key(key)):
             curves.setdefault(metric.step, {"epoch": metric.step})[key] = metric.value * scale
     return {
         "epochs": [curves[e] for e in sorted(curves)],
