@@ -78,8 +78,16 @@ def leaderboard_view(sweep: SweepRecord) -> tuple[str, str]:
     return SHARED_VIEW_TAG + sweep.sweep_id, json.dumps(state)
 
 
+# MLflow 3's UI opens in its GenAI mode unless the URL (or the browser's last choice) says
+# otherwise; links the repo writes ask for its "Model training" mode.
+TRAINING_MODE = "workflowType=machine_learning"
+
+
 def leaderboard_route(sweep: SweepRecord) -> str:
-    return f"#/experiments/{sweep.experiment_id}/runs?viewStateShareKey={sweep.sweep_id}"
+    return (
+        f"#/experiments/{sweep.experiment_id}/runs"
+        f"?viewStateShareKey={sweep.sweep_id}&{TRAINING_MODE}"
+    )
 
 
 def parent_description(sweep: SweepRecord, rows: Sequence[Row]) -> str:

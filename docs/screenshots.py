@@ -5,7 +5,7 @@
 
 Starts `mlflow server` on 127.0.0.1 (a free port), opens each page in headless Chromium
 (Debian's `chromium`; `apt-get install -y chromium`) through Playwright, and writes one PNG
-per page: the experiment's runs table, its chart view, a child run, that run's model
+per page: the experiment as it opens, the sweep's runs table, its chart view, a child run, that run's model
 metrics and system metrics, the sweep parent's description, and the Models tab. The latest
 sweep with runs is shown; --model picks the child run.
 """
@@ -24,17 +24,23 @@ from mlflow import MlflowClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from comparison import load_sweep  # noqa: E402
+from comparison.summary import TRAINING_MODE  # noqa: E402
 from tracking.ui import chromium_page, mlflow_server  # noqa: E402
 
-# A page is ready once this text shows; then a short settle for charts to draw.
+# A page is ready once this text shows; then a short settle for charts to draw. Every page
+# asks for MLflow's "Model training" mode, as the links the repo writes do.
 PAGES = {
-    "runs-table": ("#/experiments/{experiment}/runs?viewStateShareKey={sweep}", "{model}"),
-    "chart-view": ("#/experiments/{experiment}/runs?compareRunsMode=CHART", "val_top1"),
-    "child-run": ("#/experiments/{experiment}/runs/{child}", "test_top1"),
-    "child-metrics": ("#/experiments/{experiment}/runs/{child}/model-metrics", "val_top1"),
-    "child-system-metrics": ("#/experiments/{experiment}/runs/{child}/system-metrics", "cpu"),
-    "parent-description": ("#/experiments/{experiment}/runs/{parent}", "test top-1"),
-    "models": ("#/experiments/{experiment}/models", "{model}"),
+    "runs-table": ("#/experiments/{experiment}/runs?viewStateShareKey={sweep}&{mode}", "{model}"),
+    "experiment": ("#/experiments/{experiment}/runs?{mode}", "Training runs"),
+    "chart-view": ("#/experiments/{experiment}/runs?compareRunsMode=CHART&{mode}", "val_top1"),
+    "child-run": ("#/experiments/{experiment}/runs/{child}?{mode}", "test_top1"),
+    "child-metrics": ("#/experiments/{experiment}/runs/{child}/model-metrics?{mode}", "val_top1"),
+    "child-system-metrics": (
+        "#/experiments/{experiment}/runs/{child}/system-metrics?{mode}",
+        "cpu",
+    ),
+    "parent-description": ("#/experiments/{experiment}/runs/{parent}?{mode}", "test top-1"),
+    "models": ("#/experiments/{experiment}/models?{mode}", "{model}"),
 }
 
 
@@ -72,6 +78,7 @@ def ids(args) -> dict[str, str]:
         "child": child.run_id,
         "model": args.model,
         "sweep": sweep.sweep_id,
+        "mode": TRAINING_MODE,
     }
 
 
