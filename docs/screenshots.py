@@ -5,9 +5,9 @@
 
 Starts `mlflow server` on 127.0.0.1 (a free port), opens each page in headless Chromium
 (Debian's `chromium`; `apt-get install -y chromium`) through Playwright, and writes one PNG
-per page: the experiment as it opens, the sweep's runs table, its chart view, a child run, that run's model
-metrics and system metrics, the sweep parent's description, and the Models tab. The latest
-sweep with runs is shown; --model picks the child run.
+per page: the experiment as it opens, the sweep's runs table, the chart view, a child run,
+that run's model metrics and system metrics, the sweep parent's description, and the Models
+tab. The latest sweep with runs is shown; --model picks the child run.
 """
 
 import argparse
