@@ -381,7 +381,7 @@ def no_progress_bars() -> Iterator[None]:
 
 
 def _curve(client: MlflowClient, run_id: str, metric: str = "val_top1") -> tuple[float, ...]:
-    """A per-epoch value (`curves/<metric>` in the store) by epoch (steps from 1); a step
+    """A per-epoch value (`<section>/<metric>` in the store) by epoch (steps from 1); a step
     logged twice (a resume re-logs it) keeps the latest value."""
     by_step: dict[int, float] = {}
     history = client.get_metric_history(run_id, curve_key(metric))

@@ -39,6 +39,7 @@ from comparison.summary import (
     parent_description,
     parent_metrics,
     render_html,
+    ui_hint,
 )
 from comparison.table import (
     OPTIONAL_COLUMNS,
@@ -257,6 +258,7 @@ def print_paths(report: "Report", console: Console | None = None) -> None:
         lines.append(f"plots: {next(iter(report.plots.values())).parent}/*.png")
     if report.logged_to:
         lines.append(f"parent run: {report.logged_to} (files under {ARTIFACT_DIR}/)")
+        lines.append(ui_hint(report.sweep))
     for line in lines:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
 

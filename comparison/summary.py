@@ -90,6 +90,18 @@ def leaderboard_route(sweep: SweepRecord) -> str:
     )
 
 
+def ui_hint(sweep: SweepRecord) -> str:
+    """Where a user sees the sweep's runs in the MLflow UI: a server's own page, or the
+    address `mlflow ui` serves by default for a local store."""
+    route = leaderboard_route(sweep)
+    if sweep.tracking_uri.startswith(("http://", "https://")):
+        return f"in MLflow: {sweep.tracking_uri.rstrip('/')}/{route}"
+    return (
+        f"in MLflow: mlflow ui --backend-store-uri {sweep.tracking_uri}\n"
+        f"  then open http://127.0.0.1:5000/{route}"
+    )
+
+
 def parent_description(sweep: SweepRecord, rows: Sequence[Row]) -> str:
     """The parent run's description (`mlflow.note.content`): command, short table, pointer."""
     command = f"python train.py -m {sweep.overrides}".strip()

@@ -31,8 +31,11 @@ from tracking.ui import chromium_page, mlflow_server  # noqa: E402
 # asks for MLflow's "Model training" mode, as the links the repo writes do.
 PAGES = {
     "runs-table": ("#/experiments/{experiment}/runs?viewStateShareKey={sweep}&{mode}", "{model}"),
-    "experiment": ("#/experiments/{experiment}/runs?{mode}", "Training runs"),
-    "chart-view": ("#/experiments/{experiment}/runs?compareRunsMode=CHART&{mode}", "val_top1"),
+    "experiment": ("#/experiments/{experiment}/runs?{mode}", "matching runs"),
+    "chart-view": (
+        "#/experiments/{experiment}/runs?viewStateShareKey={sweep}&compareRunsMode=CHART&{mode}",
+        "val_top1",
+    ),
     "child-run": ("#/experiments/{experiment}/runs/{child}?{mode}", "test_top1"),
     "child-metrics": ("#/experiments/{experiment}/runs/{child}/model-metrics?{mode}", "val_top1"),
     "child-system-metrics": (

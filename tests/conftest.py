@@ -13,7 +13,7 @@ from tracking.values import curve_key
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = ("alexnet", "vgg13", "resnet18", "effnetv2", "vit")
-# What every run logs per epoch, with step=epoch, as `curves/<name>` in the store.
+# What every run logs per epoch, with step=epoch, as `<section>/<name>` in the store.
 CURVES = tuple(
     curve_key(name)
     for name in (

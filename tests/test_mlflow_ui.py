@@ -2,6 +2,7 @@
 on 127.0.0.1 (its REST API is what the UI calls), and in headless Chromium."""
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -166,23 +167,36 @@ def test_the_logged_model_predicts_the_runs_test_top1_in_a_fresh_process(
 
 @pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed")
 def test_the_runs_page_shows_the_architectures_and_test_top1(served, ui_server):
-    """The parent's description links a view of the sweep's runs, best test top-1 first."""
+    """The parent's description links a view of the sweep's runs, best test top-1 first, in
+    MLflow's Model training mode; its chart view opens on the accuracy curves."""
     experiment, parents, children = served
     (parent,) = parents
     resnet18 = next(run for run in children if run["info"]["run_name"] == "resnet18")
     sweep_id = tags(parent)["sweep_id"]
-    route = f"#/experiments/{experiment['experiment_id']}/runs?viewStateShareKey={sweep_id}"
+    route = (
+        f"#/experiments/{experiment['experiment_id']}/runs"
+        f"?viewStateShareKey={sweep_id}&workflowType=machine_learning"
+    )
     assert f"]({route})" in tags(parent)["mlflow.note.content"]
     with chromium_page(1600, 900) as page:
         page.goto(f"{ui_server}/{route}")
         page.get_by_text("resnet18").first.wait_for(timeout=90_000)
         page.wait_for_timeout(1000)
         text = page.inner_text("body")
-    assert "Training runs" in text and "Sort: test_top1" in text
+        page.goto(f"{ui_server}/{route}&compareRunsMode=CHART")
+        page.get_by_text("Model metrics").first.wait_for(timeout=90_000)
+        page.wait_for_timeout(1000)
+        charts = page.inner_text("body")
+    # Model training mode: the sidebar holds none of the GenAI pages.
+    assert "Sort: test_top1" in text and "Judges" not in text and "Evaluation runs" not in text
     # Its row: the Models column names the logged model, then best val top-1 and test top-1.
     values = metrics(resnet18)
     row = f"resnet18\n{values['best_val_top1']:g}\n{values['test_top1']:g}\n"
     assert row in text, text[text.find("Run Name") :][:2000]
+    # Chart sections in page order, each "name\n(count)": the curves come first.
+    sections = [name for name, _ in re.findall(r"^(\w[\w ]*)\n\((\d+)\)$", charts, re.M)]
+    assert sections[:2] == ["accuracy", "loss"] and "Model metrics" in sections, sections
+    assert charts.index("accuracy/val_top1") < charts.index("Model metrics")
 
 
 def test_a_sweep_that_does_not_compose_leaves_no_parent(tmp_path, data_cache):

@@ -272,6 +272,10 @@ def test_the_smoke_sweep_prints_progress_and_no_backend_noise(smoke_sweep):
     )
     assert max(len(line.rstrip()) for line in table) <= 100
     assert re.search(r"^full table: .*comparison\.md$", text, re.M)
+    # Where to read it in the MLflow UI: its Model training mode, the sweep's runs side by side.
+    link = re.search(r"^  then open (http://127\.0\.0\.1:5000/#/experiments/\S+)$", text, re.M)
+    assert link and "viewStateShareKey=" in link[1], text[-2000:]
+    assert link[1].endswith("&workflowType=machine_learning")
 
 
 def test_a_repeated_warning_shows_once_and_errors_always():

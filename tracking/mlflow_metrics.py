@@ -7,7 +7,8 @@ from tracking.values import clean_curves
 
 
 class MlflowMetrics(keras.callbacks.Callback):
-    """Logs every value of the epoch logs at step epoch + 1 as `curves/<name>`, synchronously.
+    """Logs every value of the epoch logs at step epoch + 1 as `<section>/<name>`
+    (`tracking.values.curve_key`), synchronously.
 
     Steps count epochs from 1, as Keras' console does (`Epoch 1/30`) and as the epoch
     checkpoints are named, so step 3 in the UI is the third epoch everywhere.

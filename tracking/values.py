@@ -15,15 +15,22 @@ def clean_metrics(metrics: Mapping[str, object]) -> dict[str, float]:
     return {key: clean(value) for key, value in metrics.items()}
 
 
-# Per-epoch values go under one prefix: the MLflow UI makes a chart section of each prefix and
-# shows those sections before its "Model metrics" section of single values (test top-1 and
-# the like), so a run's chart view opens on its learning curves.
-CURVES = "curves/"
+# Per-epoch values go under a prefix, one per kind: the MLflow UI makes a chart section of each
+# prefix, sorted by name, and shows them before its "Model metrics" section of single values
+# (test top-1 and the like), so the chart view opens on the accuracy curves.
+CURVE_SECTIONS = {
+    "loss": "loss",
+    "val_loss": "loss",
+    "lr": "schedule",
+    "epoch_seconds": "speed",
+    "images_per_second": "speed",
+    "train_eval_seconds": "speed",
+}
 
 
 def curve_key(name: str) -> str:
-    """The store's name of a per-epoch value: `val_top1` -> `curves/val_top1`."""
-    return CURVES + name
+    """The store's name of a per-epoch value: `val_top1` -> `accuracy/val_top1`."""
+    return f"{CURVE_SECTIONS.get(name, 'accuracy')}/{name}"
 
 
 def clean_curves(logs: Mapping[str, object]) -> dict[str, float]:
