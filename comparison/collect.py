@@ -384,7 +384,10 @@ def _curve(client: MlflowClient, run_id: str, metric: str = "val_top1") -> tuple
     """A per-epoch value (`<section>/<metric>` in the store) by epoch (steps from 1); a step
     logged twice (a resume re-logs it) keeps the latest value."""
     by_step: dict[int, float] = {}
-    history = client.get_metric_history(run_id, curve_key(metric))
+    # Runs logged before the sections hold the bare name.
+    history = client.get_metric_history(run_id, curve_key(metric)) or client.get_metric_history(
+        run_id, metric
+    )
     for metric in sorted(history, key=lambda m: m.timestamp):
         by_step[metric.step] = metric.value
     if not by_step:

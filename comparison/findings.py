@@ -13,7 +13,7 @@ from comparison.collect import SweepRecord
 from comparison.reference import REFERENCE
 from comparison.significance import ALPHA, RowStats, Significance, compare
 from comparison.stats import LEVEL, PairedTest, holm
-from tracking.values import curve_key
+from tracking.values import latest_curve_value
 
 FINDINGS = "findings.md"
 
@@ -196,7 +196,9 @@ def generalization_gap(significance: Significance) -> Finding:
 
 def _train_images(rows: Sequence[RowStats]) -> str:
     sizes = {
-        int(run.metrics.get(curve_key("train_eval_images"), 0)) for s in rows for run in s.row.runs
+        int(latest_curve_value(run.metrics, "train_eval_images") or 0)
+        for s in rows
+        for run in s.row.runs
     }
     return "/".join(f"{size:,}" for size in sorted(sizes))
 

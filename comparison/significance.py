@@ -29,7 +29,7 @@ from comparison.stats import (
     seed_mean_interval,
 )
 from comparison.table import Row
-from tracking.values import curve_key
+from tracking.values import latest_curve_value
 
 ALPHA = 0.05
 NOT_SIGNIFICANT_TEXT = f"not significantly below the best (p ≥ {ALPHA}, Holm)"
@@ -111,7 +111,7 @@ def _gap(row: Row) -> Gap | None:
     train, val, epochs = [], [], []
     for run in row.runs:
         best = run.metrics.get("best_epoch")
-        images = run.metrics.get(curve_key("train_eval_images"))
+        images = latest_curve_value(run.metrics, "train_eval_images")
         val_size = run.params.get("data.val_size")
         if best is None or images is None or val_size is None:
             return None

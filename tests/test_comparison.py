@@ -535,3 +535,16 @@ def test_an_unwritable_artifact_location_is_one_line_after_the_files(store, tmp_
     args = ["--tracking-uri", store.uri, "--experiment", "copied", "--out", str(out), "--no-log"]
     assert compare.main(args) == 0
     assert "RUNNING" in (out / "comparison.csv").read_text()
+
+
+def test_curves_of_runs_logged_before_the_sections_still_read(tmp_path):
+    from comparison.collect import _curve
+
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("old")
+    run_ids = [client.create_run(experiment).info.run_id for _ in range(2)]
+    for run_id, key in zip(run_ids, ("val_top1", curve_key("val_top1")), strict=True):
+        for step, value in ((1, 10.0), (2, 20.5)):
+            client.log_metric(run_id, key, value, step=step)
+    assert [_curve(client, run_id) for run_id in run_ids] == [(10.0, 20.5)] * 2
+    assert curve_key("val_top1") == "accuracy/val_top1" and curve_key("lr") == "schedule/lr"

@@ -33,5 +33,11 @@ def curve_key(name: str) -> str:
     return f"{CURVE_SECTIONS.get(name, 'accuracy')}/{name}"
 
 
+def latest_curve_value(metrics: Mapping[str, float], name: str) -> float | None:
+    """A run's last value of a per-epoch metric; runs logged before the sections hold it
+    under its bare name."""
+    return metrics.get(curve_key(name), metrics.get(name))
+
+
 def clean_curves(logs: Mapping[str, object]) -> dict[str, float]:
     return {curve_key(key): value for key, value in clean_metrics(logs).items()}
