@@ -86,11 +86,15 @@ def ids(args) -> dict[str, str]:
 
 
 def _tidy(page) -> None:
-    """Closes the assistant panel and the shared-view banner, which hide half the page."""
+    """Closes the assistant panel and the shared-view banner, which hide half the page, and
+    unfolds a long run description (the parent's table)."""
     for label in ("Close", "Hide banner"):
         button = page.locator(f'button[aria-label="{label}"]')
         if button.count():
             button.first.click()
+    more = page.get_by_text("Show more", exact=True)
+    if more.count():
+        more.first.click()
 
 
 def take(args) -> list[Path]:
@@ -103,6 +107,7 @@ def take(args) -> list[Path]:
     ):
         for name in args.pages:
             route, ready = PAGES[name]
+            page.goto("about:blank")  # a fresh load: the runs page keeps a shared view's state
             page.goto(f"{url}/{route.format(**values)}")
             page.get_by_text(ready.format(**values)).first.wait_for(timeout=60_000)
             _tidy(page)

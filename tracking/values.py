@@ -25,6 +25,7 @@ CURVE_SECTIONS = {
     "epoch_seconds": "speed",
     "images_per_second": "speed",
     "train_eval_seconds": "speed",
+    "train_eval_images": "speed",  # the size of the pass train_eval_seconds times
 }
 
 
