@@ -18,38 +18,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+# Run as a script from the repo root: the parity harness's ResNet-18 is the same network.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.parity.torch_models import ResNet18  # noqa: E402
+
 MODELS = ("resnet18", "vit")
 AUTOCAST = {"mixed_bfloat16": torch.bfloat16, "mixed_float16": torch.float16, "float32": None}
-
-
-class BasicBlock(nn.Module):
-    def __init__(self, channels: int, out: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(out)
-        self.conv2 = nn.Conv2d(out, out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(out)
-        self.shortcut = nn.Identity()
-        if stride != 1 or channels != out:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(channels, out, 1, stride, bias=False), nn.BatchNorm2d(out)
-            )
-
-    def forward(self, x):
-        y = torch.relu(self.bn1(self.conv1(x)))
-        return torch.relu(self.bn2(self.conv2(y)) + self.shortcut(x))
-
-
-def resnet18(width: int, num_classes: int) -> nn.Module:
-    layers = [nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()]
-    channels = width
-    for stage, out in enumerate((width, 2 * width, 4 * width, 8 * width)):
-        for block in range(2):
-            stride = 2 if stage > 0 and block == 0 else 1
-            layers.append(BasicBlock(channels, out, stride))
-            channels = out
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)]
-    return nn.Sequential(*layers)
 
 
 class ViT(nn.Module):
@@ -74,7 +48,7 @@ class ViT(nn.Module):
 
 def build(args) -> nn.Module:
     if args.model == "resnet18":
-        return resnet18(args.width, args.num_classes)
+        return ResNet18(num_classes=args.num_classes, width=args.width)
     return ViT(
         args.image_size,
         args.patch_size,
