@@ -234,6 +234,29 @@ def test_parity_harness_runs_both_frameworks_end_to_end(tmp_path, data_cache):
     assert "final test gap" in result.stdout
 
 
+def test_comparison_reports_each_seeds_gap_and_its_standard_error(tmp_path, capsys):
+    """Fabricated per-seed results with known gaps: -2, 0 and +0.5 points."""
+    from bench.parity.run import compare
+
+    for seed, (ours, theirs) in enumerate([(0.50, 0.52), (0.53, 0.53), (0.515, 0.51)]):
+        epochs = [{"epoch": e, "val_top1": ours, "loss": 2.0} for e in (1, 2)]
+        (tmp_path / f"keras-seed{seed}.json").write_text(
+            json.dumps({"epochs": epochs, "test_top1": ours})
+        )
+        epochs = [{"epoch": e, "val_top1": theirs, "test_top1": theirs} for e in (1, 2)]
+        (tmp_path / f"torch-seed{seed}.json").write_text(
+            json.dumps({"epochs": epochs, "test_top1": theirs, "test_top1_at_best_val": theirs})
+        )
+    summary = compare(tmp_path, gap_from=2)
+    gaps = [-0.02, 0.0, 0.005]
+    assert summary["final_test_gap_per_seed"] == pytest.approx(dict(enumerate(gaps)))
+    assert summary["final_test_gap"] == pytest.approx(np.mean(gaps))
+    assert summary["final_test_gap_standard_error"] == pytest.approx(np.std(gaps, ddof=1) / 3**0.5)
+    assert "final test gap (keras - torch) -0.50 points, standard error over seeds 0.76" in (
+        capsys.readouterr().out
+    )
+
+
 def _copy_keras_weights(keras_model, torch_model, flatten_side=1):
     """Keras weights into the PyTorch network, layer by layer in order; BN stats made random.
 
