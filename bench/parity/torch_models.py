@@ -2,8 +2,9 @@
 
 Written from the recipes, not from the Keras code: PyTorch's default initialisation
 (kaiming_uniform with a=sqrt(5): U(+-1/sqrt(fan_in)) for weights and biases), its
-BatchNorm (momentum 0.1, eps 1e-5) and symmetric padding. `init="he_normal"` switches the
-conv and linear weights to Keras' he_normal, to bisect the initialisation.
+BatchNorm (momentum 0.1, eps 1e-5) and symmetric padding. `init="he_normal"` gives each
+layer what the Keras model does under model.init=he_normal: he_normal convs, and for the
+linear layers glorot_uniform (ResNet-18) or N(0, 0.01) (VGG-13, AlexNet), zero biases.
 """
 
 import math
@@ -14,18 +15,26 @@ from torch import nn
 INITS = ("torch", "he_normal")
 
 
-def _reinit(module: nn.Module, init: str) -> nn.Module:
+def _reinit(module: nn.Module, init: str, linear: str = "normal") -> nn.Module:
+    """`linear`: the Keras model's own dense init under he_normal, "normal" or "glorot"."""
     if init not in INITS:
         raise ValueError(f"init={init!r}: use one of {', '.join(INITS)}")
     if init == "he_normal":
         for layer in module.modules():
-            if isinstance(layer, nn.Conv2d | nn.Linear):
+            if isinstance(layer, nn.Conv2d):
                 # Keras' he_normal: a normal truncated at 2 std, std sqrt(2 / fan_in).
                 fan_in = layer.weight[0].numel()
                 std = math.sqrt(2.0 / fan_in) / 0.87962566103423978
                 nn.init.trunc_normal_(layer.weight, std=std, a=-2 * std, b=2 * std)
-                if layer.bias is not None:
-                    nn.init.zeros_(layer.bias)
+            elif isinstance(layer, nn.Linear) and linear == "glorot":
+                nn.init.xavier_uniform_(layer.weight)
+            elif isinstance(layer, nn.Linear):
+                # torchvision's classifier init, as models/vgg13.py and alexnet.py use it.
+                nn.init.normal_(layer.weight, 0.0, 0.01)
+            else:
+                continue
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
     return module
 
 
@@ -66,7 +75,7 @@ class ResNet18(nn.Module):
                 in_channels = channels
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(in_channels, num_classes)
-        _reinit(self, init)
+        _reinit(self, init, linear="glorot")
 
     def forward(self, x):
         x = self.blocks(self.stem(x))
