@@ -174,8 +174,6 @@ class SweepCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         import mlflow
 
-        from comparison import build_report
-
         sweep_dir = Path(config.hydra.sweep.dir)
         outcomes = read_outcomes(sweep_dir)
         for outcome in outcomes:
@@ -191,6 +189,9 @@ class SweepCallback(Callback):
             mlflow.MlflowClient().set_terminated(
                 sweep.parent_run_id, status="FAILED" if failed else "FINISHED"
             )
+            # Imported after the parent is closed: a broken comparison must not leave it RUNNING.
+            from comparison import build_report
+
             # The compact table, then where the full one, the CSV and the plots are.
             build_report(
                 config.tracking.uri,
