@@ -304,24 +304,32 @@ def _copy_keras_weights(keras_model, torch_model, flatten_side=1):
                 module.bias.copy_(torch.tensor(bias[0]))
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg13", "alexnet"])
-def test_keras_network_computes_what_the_pytorch_one_does_on_the_same_weights(name):
-    """Same weights in, same logits out: the same layers, strides, padding and flatten."""
+def _both_networks(name, init):
+    """The tiny Keras network of conf/model/<name>.yaml and its PyTorch version; `init`
+    None keeps each side's default (the yaml's for Keras, PyTorch's for the reference)."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
+    overrides = [f"model={name}", "model.size=tiny"] + ([f"model.init={init}"] if init else [])
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", [f"model={name}", "model.size=tiny"])
+        cfg = compose("config", overrides)
     keras_model = instantiate(cfg.model.net, num_classes=100, image_size=32, augment=None)
     size = cfg.model.sizes.tiny
-    kwargs = {"width": size.width}
+    kwargs = {"width": size.width} | ({"init": init} if init else {})
     if name != "resnet18":
         kwargs |= {
             "classifier_width": size.classifier_width,
             "dropout": cfg.model.dropout,
             "batch_norm": cfg.model.batch_norm,
         }
-    torch_model = torch_models.build(name, num_classes=100, **kwargs).eval()
+    return keras_model, torch_models.build(name, num_classes=100, **kwargs)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg13", "alexnet"])
+def test_keras_network_computes_what_the_pytorch_one_does_on_the_same_weights(name):
+    """Same weights in, same logits out: the same layers, strides, padding and flatten."""
+    keras_model, torch_model = _both_networks(name, init=None)
+    torch_model.eval()
     _copy_keras_weights(keras_model, torch_model, flatten_side=4 if name == "alexnet" else 1)
     images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
     ours = keras.ops.convert_to_numpy(keras_model(images, training=False))
@@ -335,20 +343,9 @@ def test_keras_network_computes_what_the_pytorch_one_does_on_the_same_weights(na
 def test_he_normal_reference_starts_every_layer_as_the_keras_model_does(name):
     """Under he_normal each conv and dense layer starts at the Keras model's scale: AlexNet's
     and VGG's classifiers at N(0, 0.01), not He's (which starts AlexNet at a loss near 25)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.utils import instantiate
-
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose("config", [f"model={name}", "model.size=tiny", "model.init=he_normal"])
     keras.utils.set_random_seed(0)
     torch.manual_seed(0)
-    keras_model = instantiate(cfg.model.net, num_classes=100, image_size=32, augment=None)
-    size = cfg.model.sizes.tiny
-    kwargs = {"width": size.width}
-    if name != "resnet18":
-        kwargs |= {"classifier_width": size.classifier_width, "dropout": cfg.model.dropout}
-        kwargs |= {"batch_norm": cfg.model.batch_norm}
-    torch_model = torch_models.build(name, num_classes=100, init="he_normal", **kwargs)
+    keras_model, torch_model = _both_networks(name, init="he_normal")
     ours = [
         layer.get_weights()[0]
         for layer in keras_model.layers
