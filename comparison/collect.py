@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from errors import UserError, one_line
 from tracking.store import server_silence
-from tracking.values import curve_key
+from tracking.values import stored_curve_keys
 
 SQLITE_PREFIX = "sqlite:///"
 PARENT_FILTER = "tags.sweep_parent = 'true'"
@@ -384,10 +384,10 @@ def _curve(client: MlflowClient, run_id: str, metric: str = "val_top1") -> tuple
     """A per-epoch value (`<section>/<metric>` in the store) by epoch (steps from 1); a step
     logged twice (a resume re-logs it) keeps the latest value."""
     by_step: dict[int, float] = {}
-    # Runs logged before the sections hold the bare name.
-    history = client.get_metric_history(run_id, curve_key(metric)) or client.get_metric_history(
-        run_id, metric
-    )
+    for key in stored_curve_keys(metric):
+        history = client.get_metric_history(run_id, key)
+        if history:
+            break
     for metric in sorted(history, key=lambda m: m.timestamp):
         by_step[metric.step] = metric.value
     if not by_step:

@@ -34,10 +34,15 @@ def curve_key(name: str) -> str:
     return f"{CURVE_SECTIONS.get(name, 'accuracy')}/{name}"
 
 
+def stored_curve_keys(name: str) -> tuple[str, str]:
+    """Where a per-epoch value may be in the store, in the order to look: under its section,
+    then under the bare name that runs logged before the sections used."""
+    return curve_key(name), name
+
+
 def latest_curve_value(metrics: Mapping[str, float], name: str) -> float | None:
-    """A run's last value of a per-epoch metric; runs logged before the sections hold it
-    under its bare name."""
-    return metrics.get(curve_key(name), metrics.get(name))
+    """A run's last value of a per-epoch metric, from either of its stored keys."""
+    return next((metrics[key] for key in stored_curve_keys(name) if key in metrics), None)
 
 
 def clean_curves(logs: Mapping[str, object]) -> dict[str, float]:
