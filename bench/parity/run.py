@@ -216,8 +216,8 @@ def compare(out: Path, gap_from: int) -> dict:
     for s in seeds:
         print(
             f"seed {s}: final test top-1 keras {100 * summary['keras_test_top1'][s]:.2f} "
-            f"(best-val checkpoint), torch {100 * summary['torch_test_top1'][s]:.2f} "
-            f"(last epoch; {100 * summary['torch_test_top1_at_best_val'][s]:.2f} at best val)"
+            f"(best val), torch {100 * summary['torch_test_top1'][s]:.2f} (last epoch), "
+            f"{100 * summary['torch_test_top1_at_best_val'][s]:.2f} (best val)"
         )
     spread = summary["final_test_gap_standard_error"]
     print(
