@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import keras
+import numpy as np
 import pytest
 from conftest import REPO
 from hydra import compose, initialize_config_dir
@@ -104,3 +105,42 @@ print(json.dumps({{"epochs_run": result.epochs_run, "loaded": loaded}}))
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report == {"epochs_run": 1, "loaded": []}
+
+
+def test_each_epoch_sees_the_images_in_a_new_order_and_a_resumed_run_the_same_orders():
+    """fit(images, labels, shuffle=True) under TensorFlow with a seed set repeats epoch 1's
+    batches every epoch; ShuffledBatches reshuffles as PyTorch's DataLoader does."""
+    from data.batches import ShuffledBatches
+
+    seen = []
+
+    class Probe(keras.layers.Layer):
+        def call(self, x, training=None):
+            if training:
+                seen.extend(keras.ops.convert_to_numpy(x)[:, 0].astype(int).tolist())
+            return x
+
+    def run(first_epoch, epochs):
+        keras.utils.set_random_seed(0)  # as train.py's session does
+        seen.clear()
+        model = keras.Sequential([keras.Input((1,)), Probe(), keras.layers.Dense(2)])
+        model.compile(optimizer="sgd", loss="sparse_categorical_crossentropy", run_eagerly=True)
+        images = np.arange(20, dtype=np.uint8)[:, None]  # each image is its own index
+        batches = ShuffledBatches(images, np.zeros(20, "int32"), 8, 7, first_epoch, epochs)
+        model.fit(
+            batches,
+            steps_per_epoch=batches.steps_per_epoch,
+            shuffle=False,
+            epochs=epochs,
+            initial_epoch=first_epoch,
+            verbose=0,
+        )
+        return [seen[i : i + 20] for i in range(0, len(seen), 20)]
+
+    orders = run(0, 3)
+    assert len(orders) == 3
+    for order in orders:
+        assert sorted(order) == list(range(20))  # every image once, last batch of 4
+    assert len({tuple(order) for order in orders}) == 3
+    assert run(2, 3) == orders[2:]
+    assert run(0, 1) == orders[:1]  # the seed fixes the orders

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from callbacks.checkpoints import BestCheckpoint, EpochCheckpoint
 from callbacks.epoch_stats import EpochStats, StopOnDivergence
 from callbacks.monitor import monitor_mode
+from data.batches import ShuffledBatches
 from data.cifar100 import Cifar100
 from errors import UserError
 from training.losses import classification_loss
@@ -158,10 +159,14 @@ def fit(
                 on_resume(initial_epoch, epochs.history)
         if initial_epoch >= stage.end_epoch:
             continue
+        train = data.train
+        batches = ShuffledBatches(
+            train.images, train.labels, trainer.batch_size, cfg.seed, initial_epoch, stage.end_epoch
+        )
         model.fit(
-            data.train.images,
-            data.train.labels,
-            batch_size=trainer.batch_size,
+            batches,
+            steps_per_epoch=batches.steps_per_epoch,
+            shuffle=False,  # the batches are shuffled already
             epochs=stage.end_epoch,
             initial_epoch=initial_epoch,
             validation_data=(data.val.images, data.val.labels),
