@@ -292,6 +292,7 @@ def test_from_scratch_presets_are_the_sgd_cifar_recipe(preset):
     # The recipes' weight decay as printed, in PyTorch's coupled form.
     assert cfg.optimizer.weight_decay == pytest.approx(5e-4)
     assert cfg.optimizer.weight_decay_form == "coupled"
+    assert cfg.optimizer.momentum_form == "torch"
     # The PyTorch recipes' default init; AlexNet keeps he_normal convs (not measured).
     assert cfg.model.init == ("he_normal" if preset == "alexnet_cifar" else "torch")
     assert cfg.schedule.warmup_epochs == 5 and cfg.schedule.final_scale == 0

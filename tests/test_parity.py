@@ -23,25 +23,30 @@ from errors import UserError
 from models.preprocessing import RandomShift
 from models.resnet18 import build_resnet18
 from training.losses import classification_loss
-from training.optimizers import adamw, sgd
+from training.optimizers import adamw, rmsprop, sgd
 from training.schedules import cosine
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _sgd_steps(keras_optimizer, torch_weight_decay, lr, steps=60):
-    """Runs both optimizers on the same weights and gradients; returns (keras, torch) weights."""
+    """Runs both optimizers on the same weights and gradients; returns (keras, torch) weights.
+
+    `lr` is a float or a list of one lr per step (set on both before each step)."""
     rng = np.random.default_rng(0)
     start = rng.normal(size=(40,)).astype("float32")
     grads = rng.normal(size=(steps, 40)).astype("float32")
+    rates = lr if isinstance(lr, list) else [lr] * steps
     variable = keras.Variable(start.copy(), name="kernel")
-    for g in grads:
+    for g, rate in zip(grads, rates, strict=True):
+        keras_optimizer.learning_rate = rate
         keras_optimizer.apply([keras.ops.convert_to_tensor(g)], [variable])
     parameter = torch.nn.Parameter(torch.tensor(start.copy()))
     reference = torch.optim.SGD(
-        [parameter], lr=lr, momentum=0.9, nesterov=True, weight_decay=torch_weight_decay
+        [parameter], lr=rates[0], momentum=0.9, nesterov=True, weight_decay=torch_weight_decay
     )
-    for g in grads:
+    for g, rate in zip(grads, rates, strict=True):
+        reference.param_groups[0]["lr"] = rate
         parameter.grad = torch.tensor(g)
         reference.step()
     return keras.ops.convert_to_numpy(variable), parameter.detach().numpy(), start
@@ -51,6 +56,44 @@ def test_sgd_nesterov_step_equals_pytorch_at_a_constant_lr():
     ours, theirs, start = _sgd_steps(sgd(0.1, weight_decay=0.0), 0.0, 0.1)
     assert np.abs(theirs - start).max() > 1  # the weights did move
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
+
+
+def test_torch_momentum_form_follows_a_changing_lr_as_pytorch_and_keras_form_lags():
+    warmup = [0.001 + 0.099 * step / 59 for step in range(60)]  # a 60-step warmup to 0.1
+    ours, theirs, start = _sgd_steps(sgd(0.1, momentum_form="torch"), 0.0, warmup)
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    lagging, theirs, _ = _sgd_steps(sgd(0.1), 0.0, warmup)
+    # Keras' buffer holds the smaller lrs of earlier steps: its weights moved less.
+    assert np.linalg.norm(lagging - start) < 0.95 * np.linalg.norm(theirs - start)
+    ours, theirs, _ = _sgd_steps(
+        sgd(0.1, weight_decay=5e-4, weight_decay_form="coupled", momentum_form="torch"),
+        5e-4,
+        warmup,
+    )
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    with pytest.raises(UserError, match="optimizer.momentum_form='pytorch'"):
+        sgd(0.1, momentum_form="pytorch")
+
+
+def test_rmsprop_torch_momentum_form_equals_pytorch_under_a_changing_lr():
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(40,)).astype("float32")
+    grads = rng.normal(size=(30, 40)).astype("float32")
+    rates = [1e-3 * (step + 1) for step in range(30)]
+    # A tiny epsilon: Keras adds it under the square root, PyTorch after it.
+    optimizer = rmsprop(rates[0], rho=0.9, momentum=0.9, epsilon=1e-12, momentum_form="torch")
+    variable = keras.Variable(start.copy(), name="kernel")
+    parameter = torch.nn.Parameter(torch.tensor(start.copy()))
+    reference = torch.optim.RMSprop([parameter], lr=rates[0], alpha=0.9, eps=1e-12, momentum=0.9)
+    for g, rate in zip(grads, rates, strict=True):
+        optimizer.learning_rate = rate
+        optimizer.apply([keras.ops.convert_to_tensor(g)], [variable])
+        reference.param_groups[0]["lr"] = rate
+        parameter.grad = torch.tensor(g)
+        reference.step()
+    theirs = parameter.detach().numpy()
+    assert np.abs(theirs - start).max() > 0.1
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), theirs, atol=1e-4)
 
 
 def test_coupled_weight_decay_equals_pytorch_and_decoupled_does_not():
@@ -379,15 +422,15 @@ def float64_keras():
 def test_compiled_preset_trains_step_for_step_as_pytorch(float64_keras):
     """The whole training step of experiment=resnet18_cifar, as train.py compiles it, against
     the reference on the same weights and batches: train-mode BatchNorm and its moving
-    statistics, backprop, the smoothed loss, coupled decay on the right variables, Nesterov.
-    At a constant lr (Keras' velocity holds the lr, PyTorch's does not; see the SGD tests)."""
+    statistics, backprop, the smoothed loss, coupled decay on the right variables, Nesterov
+    with PyTorch's buffer, and the per-step warmup (from 0.001 to 0.1 in 7 steps here)."""
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
     from bench.parity.torch_recipe import _param_groups
     from training.fit import Stage, compile_stage
 
-    overrides = ["experiment=resnet18_cifar", "model.size=tiny", "schedule=constant"]
+    overrides = ["experiment=resnet18_cifar", "model.size=tiny", "trainer.epochs=2"]
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides)
     keras.utils.set_random_seed(0)
@@ -398,7 +441,24 @@ def test_compiled_preset_trains_step_for_step_as_pytorch(float64_keras):
     # float32 normalization differently, enough to flip a ReLU at a near-zero input.
     normalize = keras.Model(model.input, model.get_layer("normalize").output)
     body = keras.Model(model.get_layer("normalize").output, model.output)
-    compile_stage(body, cfg, Stage(0, 1, cfg.optimizer.lr, unfreeze=False), steps_per_epoch=4)
+    stage = Stage(0, cfg.trainer.epochs, cfg.optimizer.lr, unfreeze=False)
+    compile_stage(body, cfg, stage, steps_per_epoch=4)
+    recipe = Recipe(
+        model="resnet18",
+        model_kwargs={},
+        epochs=cfg.trainer.epochs,
+        batch_size=32,
+        lr=cfg.optimizer.lr,
+        momentum=cfg.optimizer.momentum,
+        nesterov=cfg.optimizer.nesterov,
+        weight_decay=cfg.optimizer.weight_decay,
+        warmup_epochs=cfg.schedule.warmup_epochs,
+        warmup_start=cfg.schedule.warmup_start,
+        final_scale=cfg.schedule.final_scale,
+        label_smoothing=cfg.trainer.label_smoothing,
+        crop_padding=0,
+        flip=False,
+    )
     optimizer = torch.optim.SGD(
         _param_groups(reference, cfg.optimizer.weight_decay),
         lr=cfg.optimizer.lr,
@@ -408,7 +468,9 @@ def test_compiled_preset_trains_step_for_step_as_pytorch(float64_keras):
     start = [w.copy() for w in model.get_weights()]
     rng = np.random.default_rng(0)
     reference.train()
-    for _ in range(4):
+    for step in range(4):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, recipe, steps_per_epoch=4)
         images = rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
         labels = rng.integers(0, 100, 32)
         x = keras.ops.convert_to_numpy(normalize(images)).astype("float64")
@@ -447,4 +509,4 @@ def test_compiled_preset_trains_step_for_step_as_pytorch(float64_keras):
             for value, want, rtol in zip(layer.get_weights(), expected, tolerances, strict=True):
                 np.testing.assert_allclose(value, want, rtol=rtol, atol=1e-6, err_msg=layer.name)
     moved = [np.abs(a - b).max() for a, b in zip(model.get_weights(), start, strict=True)]
-    assert min(moved) > 1e-3  # every weight and moving statistic moved
+    assert min(moved) > 1e-4  # every weight and moving statistic moved, 100x the tolerance
