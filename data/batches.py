@@ -8,7 +8,6 @@ epoch. Here epoch e's order is drawn from (seed, e), so a resumed run sees the o
 uninterrupted one would.
 """
 
-import functools
 import math
 
 import keras
@@ -34,10 +33,14 @@ class ShuffledBatches(keras.utils.PyDataset):
         self.batch_size, self.seed = batch_size, seed
         self.first_epoch, self.end_epoch = first_epoch, end_epoch
         self.steps_per_epoch = math.ceil(len(labels) / batch_size)
+        self._cached = (None, None)  # (epoch, its order): batches come epoch by epoch
 
-    @functools.lru_cache(maxsize=2)  # noqa: B019 - a few orders, as long as the fit lasts
     def epoch_order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.labels))
+        cached_epoch, order = self._cached
+        if cached_epoch != epoch:
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.labels))
+            self._cached = (epoch, order)
+        return order
 
     def __len__(self) -> int:
         return self.steps_per_epoch * (self.end_epoch - self.first_epoch)
