@@ -16,9 +16,10 @@ What is timed (steady state: the first, compiling steps are never timed):
   (in-graph augmentation, forward, backward, optimizer update, metrics) and returns Python
   floats, so each step is waited for: step times are real per-step latencies, plus
   train_on_batch's own small per-call overhead (it resets the metrics every call).
-- fit: `model.fit` on `bench.steps` batches of NumPy arrays, fed as train.py feeds them,
-  for two epochs; the second is timed, so only the epoch mean per step is known. This adds
-  the input pipeline and Keras' loop, overlaps steps where the backend can, and honours
+- fit: `model.fit` on `bench.steps` batches of uint8 arrays, fed as train.py feeds them
+  (data/batches.py: shuffled per epoch, through keras.utils.PyDataset), for two epochs; the
+  second is timed, so only the epoch mean per step is known. This adds the input pipeline
+  and Keras' loop, overlaps steps where the backend can, and honours
   trainer.steps_per_execution: the closest to what train.py logs as images_per_second.
 - inference: `model.predict_on_batch` (no augmentation, BatchNorm in inference mode), after
   `bench.warmup` untimed calls.
@@ -55,6 +56,7 @@ from hydra.core.config_store import ConfigStore  # noqa: E402
 from keras import layers, ops  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from data.batches import ShuffledBatches  # noqa: E402
 from errors import UserError  # noqa: E402
 from models.preprocessing import image_input  # noqa: E402
 from training import device as devices  # noqa: E402
@@ -322,8 +324,16 @@ def time_train(model, images, labels, bench) -> Timing:
 def time_fit(model, images, labels, bench) -> Timing:
     x = np.concatenate([images] * bench.steps)
     y = np.concatenate([labels] * bench.steps)
+    batches = ShuffledBatches(x, y, len(images), seed=0, first_epoch=0, end_epoch=2)
     timer = _EpochTimer()
-    model.fit(x, y, batch_size=len(images), epochs=2, verbose=0, callbacks=[timer])
+    model.fit(
+        batches,
+        steps_per_epoch=batches.steps_per_epoch,
+        shuffle=False,
+        epochs=2,
+        verbose=0,
+        callbacks=[timer],
+    )
     step = timer.seconds[-1] / bench.steps
     return Timing(len(images), [step] * bench.steps, False, timer.cpu_seconds[-1])
 
