@@ -23,8 +23,14 @@ from keras import ops
 from errors import UserError
 
 NO_DECAY = ["bias", "gamma", "beta"]
-WEIGHT_DECAY_FORMS = ("decoupled", "coupled")
-MOMENTUM_FORMS = ("keras", "torch")
+# Each form's choices, Keras' first and PyTorch's second, and what they mean.
+FORMS = {
+    "weight_decay_form": (("decoupled", "coupled"), "decoupled (Keras) or coupled (PyTorch)"),
+    "momentum_form": (
+        ("keras", "torch"),
+        "keras (lr inside the momentum buffer) or torch (lr outside, PyTorch's)",
+    ),
+}
 
 
 class _CoupledDecay:
@@ -114,22 +120,34 @@ class CoupledDecayTorchMomentumRMSprop(_CoupledDecay, TorchMomentumRMSprop):
     pass
 
 
-def _coupled(weight_decay_form) -> bool:
-    if weight_decay_form not in WEIGHT_DECAY_FORMS:
-        raise UserError(
-            f"optimizer.weight_decay_form={weight_decay_form!r} is not valid; "
-            "use decoupled (Keras) or coupled (PyTorch)"
-        )
-    return weight_decay_form == "coupled"
+def _is_torch_form(key: str, value) -> bool:
+    """Checks `optimizer.<key>` and says whether it is PyTorch's form (the second)."""
+    (keras_form, torch_form), meaning = FORMS[key]
+    if value not in (keras_form, torch_form):
+        raise UserError(f"optimizer.{key}={value!r} is not valid; use {meaning}")
+    return value == torch_form
 
 
-def _torch_momentum(momentum_form) -> bool:
-    if momentum_form not in MOMENTUM_FORMS:
-        raise UserError(
-            f"optimizer.momentum_form={momentum_form!r} is not valid; "
-            "use keras (lr inside the momentum buffer) or torch (lr outside, PyTorch's)"
-        )
-    return momentum_form == "torch"
+# The class for each (coupled decay, PyTorch's momentum buffer) pair.
+_VARIANTS = {
+    "sgd": {
+        (False, False): keras.optimizers.SGD,
+        (True, False): CoupledDecaySGD,
+        (False, True): TorchMomentumSGD,
+        (True, True): CoupledDecayTorchMomentumSGD,
+    },
+    "rmsprop": {
+        (False, False): keras.optimizers.RMSprop,
+        (True, False): CoupledDecayRMSprop,
+        (False, True): TorchMomentumRMSprop,
+        (True, True): CoupledDecayTorchMomentumRMSprop,
+    },
+}
+
+
+def _variant(name: str, weight_decay_form, momentum_form) -> type:
+    coupled = _is_torch_form("weight_decay_form", weight_decay_form)
+    return _VARIANTS[name][coupled, _is_torch_form("momentum_form", momentum_form)]
 
 
 def _shared(weight_decay, global_clipnorm, gradient_accumulation_steps) -> dict:
@@ -161,12 +179,7 @@ def sgd(
     gradient_accumulation_steps=1,
 ) -> keras.optimizers.Optimizer:
     shared = _shared(weight_decay, global_clipnorm, gradient_accumulation_steps)
-    optimizer = {
-        (False, False): keras.optimizers.SGD,
-        (True, False): CoupledDecaySGD,
-        (False, True): TorchMomentumSGD,
-        (True, True): CoupledDecayTorchMomentumSGD,
-    }[_coupled(weight_decay_form), _torch_momentum(momentum_form)]
+    optimizer = _variant("sgd", weight_decay_form, momentum_form)
     return _skip_norm_and_bias(
         optimizer(learning_rate=lr, momentum=momentum, nesterov=nesterov, **shared)
     )
@@ -183,8 +196,9 @@ def adam(
     gradient_accumulation_steps=1,
 ) -> keras.optimizers.Optimizer:
     shared = _shared(weight_decay, global_clipnorm, gradient_accumulation_steps)
-    _torch_momentum(momentum_form)  # checked; Adam's moments hold no lr
-    optimizer = CoupledDecayAdam if _coupled(weight_decay_form) else keras.optimizers.Adam
+    _is_torch_form("momentum_form", momentum_form)  # checked; Adam's moments hold no lr
+    coupled = _is_torch_form("weight_decay_form", weight_decay_form)
+    optimizer = CoupledDecayAdam if coupled else keras.optimizers.Adam
     return _skip_norm_and_bias(optimizer(learning_rate=lr, beta_1=beta_1, beta_2=beta_2, **shared))
 
 
@@ -199,8 +213,8 @@ def adamw(
     gradient_accumulation_steps=1,
 ) -> keras.optimizers.Optimizer:
     shared = _shared(weight_decay, global_clipnorm, gradient_accumulation_steps)
-    _torch_momentum(momentum_form)  # checked; AdamW's moments hold no lr
-    if _coupled(weight_decay_form):
+    _is_torch_form("momentum_form", momentum_form)  # checked; AdamW's moments hold no lr
+    if _is_torch_form("weight_decay_form", weight_decay_form):
         # AdamW with its decay coupled is Adam with an L2 term (PyTorch's Adam weight_decay).
         return _skip_norm_and_bias(
             CoupledDecayAdam(learning_rate=lr, beta_1=beta_1, beta_2=beta_2, **shared)
@@ -223,12 +237,7 @@ def rmsprop(
     gradient_accumulation_steps=1,
 ) -> keras.optimizers.Optimizer:
     shared = _shared(weight_decay, global_clipnorm, gradient_accumulation_steps)
-    optimizer = {
-        (False, False): keras.optimizers.RMSprop,
-        (True, False): CoupledDecayRMSprop,
-        (False, True): TorchMomentumRMSprop,
-        (True, True): CoupledDecayTorchMomentumRMSprop,
-    }[_coupled(weight_decay_form), _torch_momentum(momentum_form)]
+    optimizer = _variant("rmsprop", weight_decay_form, momentum_form)
     return _skip_norm_and_bias(
         optimizer(learning_rate=lr, rho=rho, momentum=momentum, epsilon=epsilon, **shared)
     )
