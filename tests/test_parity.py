@@ -278,6 +278,48 @@ def test_parity_harness_runs_both_frameworks_end_to_end(tmp_path, data_cache):
     assert "final test gap" in result.stdout
 
 
+def _processes_running(needle: str) -> list[int]:
+    """Live pids whose command line holds `needle` (Linux /proc; zombies count as gone)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if not proc.name.isdigit():
+                continue
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state == "Z":
+                continue
+            if needle in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                pids.append(int(proc.name))
+        except OSError:  # the process ended while we looked
+            continue
+    return pids
+
+
+def test_stopping_the_harness_stops_its_train_py(tmp_path):
+    """SIGTERM to the harness (a scheduler's kill) ends its train.py child too, instead of
+    leaving it training on the cores the next runs need."""
+    import signal
+    import time
+
+    out = tmp_path / "parity"
+    harness = subprocess.Popen(
+        [sys.executable, "-m", "bench.parity.run", f"--out={out}", "--frameworks=keras"]
+        + ["--", "experiment=smoke", "trainer.epochs=50"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    child = f"tracking.root={out}/keras-seed0"
+    deadline = time.monotonic() + 60
+    while not _processes_running(child) and harness.poll() is None:
+        assert time.monotonic() < deadline, "train.py never started"
+        time.sleep(0.1)
+    assert _processes_running(child)
+    harness.send_signal(signal.SIGTERM)
+    assert harness.wait(timeout=120) == 128 + signal.SIGTERM
+    assert _processes_running(child) == []
+
+
 def test_comparison_reports_each_seeds_gap_and_its_standard_error(tmp_path, capsys):
     """Fabricated per-seed results with known gaps: -2, 0 and +0.5 points."""
     from bench.parity.run import compare
@@ -427,6 +469,7 @@ def test_compiled_preset_trains_step_for_step_as_pytorch(float64_keras):
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
+    from bench.parity.run import recipe_from_config
     from bench.parity.torch_recipe import _param_groups
     from training.fit import Stage, compile_stage
 
@@ -443,22 +486,7 @@ def test_compiled_preset_trains_step_for_step_as_pytorch(float64_keras):
     body = keras.Model(model.get_layer("normalize").output, model.output)
     stage = Stage(0, cfg.trainer.epochs, cfg.optimizer.lr, unfreeze=False)
     compile_stage(body, cfg, stage, steps_per_epoch=4)
-    recipe = Recipe(
-        model="resnet18",
-        model_kwargs={},
-        epochs=cfg.trainer.epochs,
-        batch_size=32,
-        lr=cfg.optimizer.lr,
-        momentum=cfg.optimizer.momentum,
-        nesterov=cfg.optimizer.nesterov,
-        weight_decay=cfg.optimizer.weight_decay,
-        warmup_epochs=cfg.schedule.warmup_epochs,
-        warmup_start=cfg.schedule.warmup_start,
-        final_scale=cfg.schedule.final_scale,
-        label_smoothing=cfg.trainer.label_smoothing,
-        crop_padding=0,
-        flip=False,
-    )
+    recipe = recipe_from_config(cfg, weight_decay=cfg.optimizer.weight_decay)
     optimizer = torch.optim.SGD(
         _param_groups(reference, cfg.optimizer.weight_decay),
         lr=cfg.optimizer.lr,

@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -72,6 +73,18 @@ def write_subset(source: Path, folder: Path, train_images: int, test_images: int
     return folder
 
 
+def _run_child(command: list[str], env: dict, log) -> int:
+    """Runs train.py to the end; if this harness is stopped (Ctrl-C, SIGTERM), stops it too,
+    which train.py takes as an interruption, instead of leaving it training alone."""
+    child = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        return child.wait()
+    except BaseException:
+        child.terminate()
+        child.wait()
+        raise
+
+
 def run_keras(overrides: list[str], seed: int, out: Path) -> dict:
     """train.py in a subprocess with its own MLflow store; the curves read back from it."""
     import mlflow
@@ -92,9 +105,9 @@ def run_keras(overrides: list[str], seed: int, out: Path) -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     print("keras:", " ".join(command[1:]), f"> {log_file}", flush=True)
     with open(log_file, "w") as log:
-        code = subprocess.run(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if code.returncode:
-        sys.exit(f"train.py failed (exit {code.returncode}); see {log_file}")
+        returncode = _run_child(command, env, log)
+    if returncode:
+        sys.exit(f"train.py failed (exit {returncode}); see {log_file}")
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root}/mlflow.db")
     experiment = client.get_experiment_by_name("cifar100")
     (run,) = client.search_runs([experiment.experiment_id])
@@ -111,13 +124,11 @@ def run_keras(overrides: list[str], seed: int, out: Path) -> dict:
     }
 
 
-def run_torch(cfg, overrides: list[str], seed: int, args) -> dict:
-    import torch
+def recipe_from_config(cfg, weight_decay: float, init: str = "torch"):
+    """The PyTorch recipe of a composed train.py config. `weight_decay` is PyTorch's coupled
+    value, which the config may state in another form."""
+    from bench.parity.torch_recipe import Recipe
 
-    from bench.parity.torch_recipe import Recipe, train
-    from data.cifar100 import load_cifar100
-
-    torch.set_num_threads(args.threads or os.cpu_count())
     model = cfg.model
     size = model.sizes[model.size]
     kwargs = {"width": size.width}
@@ -127,7 +138,7 @@ def run_torch(cfg, overrides: list[str], seed: int, args) -> dict:
             "dropout": model.dropout,
             "batch_norm": model.batch_norm,
         }
-    recipe = Recipe(
+    return Recipe(
         model=model.name,
         model_kwargs=kwargs,
         epochs=cfg.trainer.epochs,
@@ -135,15 +146,25 @@ def run_torch(cfg, overrides: list[str], seed: int, args) -> dict:
         lr=cfg.optimizer.lr,
         momentum=cfg.optimizer.momentum,
         nesterov=cfg.optimizer.nesterov,
-        weight_decay=args.torch_weight_decay,
+        weight_decay=weight_decay,
         warmup_epochs=cfg.schedule.warmup_epochs,
         warmup_start=cfg.schedule.warmup_start,
         final_scale=cfg.schedule.final_scale,
         label_smoothing=cfg.trainer.label_smoothing,
         crop_padding=cfg.data.augment.crop_padding,
         flip=cfg.data.augment.flip,
-        init=args.torch_init,
+        init=init,
     )
+
+
+def run_torch(cfg, overrides: list[str], seed: int, args) -> dict:
+    import torch
+
+    from bench.parity.torch_recipe import train
+    from data.cifar100 import load_cifar100
+
+    torch.set_num_threads(args.threads or os.cpu_count())
+    recipe = recipe_from_config(cfg, args.torch_weight_decay, args.torch_init)
     data = load_cifar100(cfg.data, seed=seed)
     print(f"torch: {recipe} seed={seed}", flush=True)
     result = train(recipe, data, seed, log=lambda line: print(line, flush=True))
@@ -270,6 +291,8 @@ def main(argv=None) -> None:
     parser.add_argument("--gap-from", type=int, default=5, help="first epoch of the mean gap")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for train.py")
     args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so a running train.py child is stopped with the harness.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
