@@ -278,6 +278,30 @@ def test_parity_harness_runs_both_frameworks_end_to_end(tmp_path, data_cache):
     assert "final test gap" in result.stdout
 
 
+def test_paired_run_trains_both_frameworks_from_the_same_weights_on_the_same_batches(
+    tmp_path, data_cache
+):
+    """bench/parity/paired.py: identical starts and batches, so the float32 losses agree."""
+    from data.synthetic import write_synthetic_cifar
+
+    source = write_synthetic_cifar(tmp_path / "cifar", train_per_class=3, test_per_class=1, seed=0)
+    out = tmp_path / "paired"
+    command = [sys.executable, "-m", "bench.parity.paired", f"--out={out}", "--epochs=1"]
+    command += ["--threads=1", "--", "experiment=resnet18_cifar", "model.size=tiny"]
+    command += ["trainer.epochs=2", "trainer.batch_size=64", "trainer.precision=float32"]
+    # 192 training images: three full batches (one of a few images makes BatchNorm jumpy).
+    command += [f"data.path={source}", f"data.cache_dir={data_cache}", "data.val_size=108"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    steps = json.loads((out / "paired-seed0.json").read_text())["steps"]
+    assert len(steps) == 3
+    # float32 round-off grows from step to step; a wrong weight copy, input or update would
+    # part the losses by far more.
+    for row, tolerance in zip(steps, (1e-5, 1e-4, 1e-3), strict=True):
+        assert row["keras_loss"] == pytest.approx(row["torch_loss"], rel=tolerance)
+    assert "epoch 1/1: mean training loss keras" in result.stdout
+
+
 def _processes_running(needle: str) -> list[int]:
     """Live pids whose command line holds `needle` (Linux /proc; zombies count as gone)."""
     pids = []
