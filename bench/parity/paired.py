@@ -70,7 +70,7 @@ def train_paired(cfg, seed: int, epochs: int, log=print) -> list[dict]:
         "resnet18", num_classes=data.num_classes, width=cfg.model.sizes[cfg.model.size].width
     )
     copy_weights(model, reference)
-    recipe = recipe_from_config(cfg, weight_decay=5e-4)
+    recipe = recipe_from_config(cfg, weight_decay=cfg.optimizer.weight_decay)
     steps_per_epoch = math.ceil(len(data.train.labels) / recipe.batch_size)
     stage = Stage(0, cfg.trainer.epochs, cfg.optimizer.lr, unfreeze=False)
     compile_stage(body, cfg, stage, steps_per_epoch)
@@ -131,6 +131,16 @@ def main(argv=None) -> None:
     cfg = compose([_absolute_data_path(o) for o in args.overrides] + [f"seed={args.seed}"])
     if cfg.model.name != "resnet18":
         sys.exit(f"model={cfg.model.name}: paired runs take resnet18 only (dropout masks differ)")
+    optimizer = cfg.optimizer
+    if (optimizer._target_, optimizer.weight_decay_form, optimizer.momentum_form) != (
+        "training.optimizers.sgd",
+        "coupled",
+        "torch",
+    ):
+        sys.exit(
+            "optimizer: paired runs need PyTorch's SGD update; use optimizer=sgd with "
+            "optimizer.weight_decay_form=coupled optimizer.momentum_form=torch (as the preset)"
+        )
     if cfg.trainer.precision != "float32":
         sys.exit("trainer.precision: paired runs compare float32; add trainer.precision=float32")
     torch.set_num_threads(args.threads or os.cpu_count())
