@@ -358,6 +358,7 @@ def test_comparison_reports_each_seeds_gap_and_its_standard_error(tmp_path, caps
             json.dumps({"epochs": epochs, "test_top1": theirs, "test_top1_at_best_val": theirs})
         )
     summary = compare(tmp_path, gap_from=2)
+    assert summary["keras_backends"] == ["tensorflow"]  # runs that predate the field
     gaps = [-0.02, 0.0, 0.005]
     assert summary["final_test_gap_per_seed"] == pytest.approx(dict(enumerate(gaps)))
     assert summary["final_test_gap"] == pytest.approx(np.mean(gaps))
@@ -494,7 +495,7 @@ def test_compiled_preset_trains_step_for_step_as_pytorch(float64_keras):
     from hydra.utils import instantiate
 
     from bench.parity.run import recipe_from_config
-    from bench.parity.torch_recipe import _param_groups
+    from bench.parity.torch_recipe import make_optimizer
     from training.fit import Stage, compile_stage
 
     overrides = ["experiment=resnet18_cifar", "model.size=tiny", "trainer.epochs=2"]
@@ -511,12 +512,7 @@ def test_compiled_preset_trains_step_for_step_as_pytorch(float64_keras):
     stage = Stage(0, cfg.trainer.epochs, cfg.optimizer.lr, unfreeze=False)
     compile_stage(body, cfg, stage, steps_per_epoch=4)
     recipe = recipe_from_config(cfg, weight_decay=cfg.optimizer.weight_decay)
-    optimizer = torch.optim.SGD(
-        _param_groups(reference, cfg.optimizer.weight_decay),
-        lr=cfg.optimizer.lr,
-        momentum=cfg.optimizer.momentum,
-        nesterov=cfg.optimizer.nesterov,
-    )
+    optimizer = make_optimizer(reference, recipe)
     start = [w.copy() for w in model.get_weights()]
     rng = np.random.default_rng(0)
     reference.train()

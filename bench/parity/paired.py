@@ -56,7 +56,7 @@ def train_paired(cfg, seed: int, epochs: int, log=print) -> list[dict]:
 
     from bench.parity import torch_models
     from bench.parity.run import recipe_from_config
-    from bench.parity.torch_recipe import _param_groups, augment, lr_at, to_input
+    from bench.parity.torch_recipe import augment, lr_at, make_optimizer, to_input
     from data.cifar100 import load_cifar100
     from training.fit import Stage, compile_stage
 
@@ -74,12 +74,7 @@ def train_paired(cfg, seed: int, epochs: int, log=print) -> list[dict]:
     steps_per_epoch = math.ceil(len(data.train.labels) / recipe.batch_size)
     stage = Stage(0, cfg.trainer.epochs, cfg.optimizer.lr, unfreeze=False)
     compile_stage(body, cfg, stage, steps_per_epoch)
-    optimizer = torch.optim.SGD(
-        _param_groups(reference, recipe.weight_decay),
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        nesterov=recipe.nesterov,
-    )
+    optimizer = make_optimizer(reference, recipe)
     images = torch.from_numpy(data.train.images)
     labels = torch.from_numpy(data.train.labels.astype(np.int64))
     generator = torch.Generator().manual_seed(seed)

@@ -121,6 +121,7 @@ def run_keras(overrides: list[str], seed: int, out: Path) -> dict:
         "epochs": [curves[e] for e in sorted(curves)],
         "test_top1": run.data.metrics["test_top1"] / 100,
         "command": " ".join(command[1:]),
+        "backend": os.environ.get("KERAS_BACKEND", "tensorflow"),
     }
 
 
@@ -224,9 +225,15 @@ def compare(out: Path, gap_from: int) -> dict:
     summary["final_test_gap_standard_error"] = (
         float(np.std(gaps, ddof=1) / np.sqrt(len(gaps))) if len(gaps) > 1 else None
     )
+    # Runs from before the field was recorded ran on TensorFlow, the default.
+    backends = sorted({results["keras"][s].get("backend", "tensorflow") for s in seeds})
+    summary["keras_backends"] = backends
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
-    print(f"\nseeds {seeds}: top-1 in %, mean over seeds (val: the same held-out images)")
+    print(
+        f"\nseeds {seeds}, Keras on {', '.join(backends)}: top-1 in %, mean over seeds "
+        "(val: the same held-out images)"
+    )
     print(f"{'epoch':>5} {'keras val':>10} {'torch val':>10} {'torch test':>10} {'diff val':>9}")
     for r in rows:
         diff = r["keras_val_top1"] - r["torch_val_top1"]
@@ -248,11 +255,11 @@ def compare(out: Path, gap_from: int) -> dict:
     if late:
         gap = summary[f"val_gap_from_epoch_{gap_from}"]
         print(f"val gap (keras - torch) over epochs {gap_from}-{epochs} {100 * gap:+.2f} points")
-    _plot(rows, seeds, out / "curves.png")
+    _plot(rows, seeds, ", ".join(backends), out / "curves.png")
     return summary
 
 
-def _plot(rows: list[dict], seeds: list[int], path: Path) -> None:
+def _plot(rows: list[dict], seeds: list[int], backend: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -261,7 +268,7 @@ def _plot(rows: list[dict], seeds: list[int], path: Path) -> None:
     epochs = [r["epoch"] for r in rows]
     figure, axis = plt.subplots(figsize=(6, 4))
     for key, label, style in (
-        ("keras_val_top1", "this repo (Keras), val", "-o"),
+        ("keras_val_top1", f"this repo (Keras on {backend}), val", "-o"),
         ("torch_val_top1", "PyTorch reference, val", "-s"),
         ("torch_test_top1", "PyTorch reference, test", ":"),
     ):

@@ -93,6 +93,16 @@ def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
+def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.SGD:
+    """The recipe's SGD: Nesterov momentum, coupled decay on all but biases and BatchNorm."""
+    return torch.optim.SGD(
+        _param_groups(model, recipe.weight_decay),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        nesterov=recipe.nesterov,
+    )
+
+
 @torch.no_grad()
 def top1(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, batch=1000) -> float:
     model.eval()
@@ -118,12 +128,7 @@ def train(recipe: Recipe, data, seed: int, log=print) -> dict:
         init=recipe.init,
         **recipe.model_kwargs,
     ).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        _param_groups(model, recipe.weight_decay),
-        lr=recipe.lr,
-        momentum=recipe.momentum,
-        nesterov=recipe.nesterov,
-    )
+    optimizer = make_optimizer(model, recipe)
     images = torch.from_numpy(data.train.images)
     labels = torch.from_numpy(data.train.labels.astype(np.int64))
     n = len(labels)
