@@ -79,6 +79,11 @@ def train_paired(cfg, seed: int, epochs: int, log=print) -> list[dict]:
     labels = torch.from_numpy(data.train.labels.astype(np.int64))
     generator = torch.Generator().manual_seed(seed)
     reference.train()
+    log(
+        f"paired, seed {seed}: resnet18 width {cfg.model.sizes[cfg.model.size].width}, "
+        f"{len(labels):,} training images, epochs 1-{epochs} of {cfg.trainer.epochs} "
+        f"({steps_per_epoch} steps each)"
+    )
     rows = []
     for epoch in range(epochs):
         order = torch.randperm(len(labels), generator=generator)
@@ -145,7 +150,9 @@ def main(argv=None) -> None:
         sys.exit(f"error: {error}")
     args.out.mkdir(parents=True, exist_ok=True)
     record = {"overrides": args.overrides, "seed": args.seed, "steps": rows}
-    (args.out / f"paired-seed{args.seed}.json").write_text(json.dumps(record))
+    path = args.out / f"paired-seed{args.seed}.json"
+    path.write_text(json.dumps(record))
+    print(f"wrote {path} (the loss of every step on both sides)")
 
 
 if __name__ == "__main__":
