@@ -369,50 +369,28 @@ def test_comparison_reports_each_seeds_gap_and_its_standard_error(tmp_path, caps
 
 
 def _copy_keras_weights(keras_model, torch_model, flatten_side=1):
-    """Keras weights into the PyTorch network, layer by layer in order; BN stats made random.
+    """Keras weights into the PyTorch network (paired.copy_weights); BN stats made random."""
+    from bench.parity.paired import copy_weights
 
-    `flatten_side` is the feature map's side at the flatten: Keras flattens (h, w, c),
-    PyTorch (c, h, w), so the first dense kernel's rows are reordered.
-    """
+    copy_weights(keras_model, torch_model, flatten_side)
     rng = np.random.default_rng(0)
-    pairs = []
-    for ours, theirs in (
-        (keras.layers.Conv2D, torch.nn.Conv2d),
-        (keras.layers.BatchNormalization, torch.nn.BatchNorm2d),
-        (keras.layers.Dense, torch.nn.Linear),
-    ):
-        keras_layers = [layer for layer in keras_model.layers if isinstance(layer, ours)]
-        modules = [m for m in torch_model.modules() if isinstance(m, theirs)]
-        pairs += zip(keras_layers, modules, strict=True)
-    first_dense = True
+    norms = [
+        layer for layer in keras_model.layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    modules = [m for m in torch_model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     with torch.no_grad():
-        for layer, module in pairs:
-            if isinstance(layer, keras.layers.BatchNormalization):
-                shape = layer.get_weights()[0].shape
-                values = [
-                    rng.uniform(0.5, 1.5, shape),
-                    rng.normal(0, 0.1, shape),
-                    rng.normal(0, 0.1, shape),
-                    rng.uniform(0.5, 1.5, shape),
-                ]
-                layer.set_weights(values)
-                names = ("weight", "bias", "running_mean", "running_var")
-                for name, value in zip(names, values, strict=True):
-                    getattr(module, name).copy_(torch.tensor(value))
-                continue
-            kernel, *bias = layer.get_weights()
-            if isinstance(layer, keras.layers.Conv2D):
-                weight = kernel.transpose(3, 2, 0, 1)
-            else:
-                weight = kernel.T
-                if first_dense:
-                    side, out = flatten_side, weight.shape[0]
-                    weight = weight.reshape(out, side, side, -1).transpose(0, 3, 1, 2)
-                    weight = weight.reshape(out, -1)
-                    first_dense = False
-            module.weight.copy_(torch.tensor(np.ascontiguousarray(weight)))
-            if bias:
-                module.bias.copy_(torch.tensor(bias[0]))
+        for layer, module in zip(norms, modules, strict=True):
+            shape = layer.get_weights()[0].shape
+            values = [
+                rng.uniform(0.5, 1.5, shape),
+                rng.normal(0, 0.1, shape),
+                rng.normal(0, 0.1, shape),
+                rng.uniform(0.5, 1.5, shape),
+            ]
+            layer.set_weights(values)
+            names = ("weight", "bias", "running_mean", "running_var")
+            for name, value in zip(names, values, strict=True):
+                getattr(module, name).copy_(torch.tensor(value))
 
 
 def _both_networks(name, init):
@@ -495,7 +473,7 @@ def test_compiled_preset_trains_step_for_step_as_pytorch(float64_keras):
     from hydra.utils import instantiate
 
     from bench.parity.run import recipe_from_config
-    from bench.parity.torch_recipe import make_optimizer
+    from bench.parity.torch_recipe import make_optimizer, train_step
     from training.fit import Stage, compile_stage
 
     overrides = ["experiment=resnet18_cifar", "model.size=tiny", "trainer.epochs=2"]
@@ -517,20 +495,13 @@ def test_compiled_preset_trains_step_for_step_as_pytorch(float64_keras):
     rng = np.random.default_rng(0)
     reference.train()
     for step in range(4):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, recipe, steps_per_epoch=4)
         images = rng.integers(0, 256, (32, 32, 32, 3), dtype=np.uint8)
         labels = rng.integers(0, 100, 32)
         x = keras.ops.convert_to_numpy(normalize(images)).astype("float64")
         ours = body.train_on_batch(x, labels, return_dict=True)["loss"]
-        loss = torch.nn.functional.cross_entropy(
-            reference(torch.tensor(x).permute(0, 3, 1, 2)),
-            torch.tensor(labels),
-            label_smoothing=cfg.trainer.label_smoothing,
-        )
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        lr = lr_at(step, recipe, steps_per_epoch=4)
+        x, y = torch.tensor(x).permute(0, 3, 1, 2), torch.tensor(labels)
+        loss, _ = train_step(reference, optimizer, x, y, lr, cfg.trainer.label_smoothing)
         assert ours == pytest.approx(loss.item(), rel=1e-6)
 
     bn_names = ("weight", "bias", "running_mean", "running_var")

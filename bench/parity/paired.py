@@ -24,8 +24,12 @@ from pathlib import Path
 import numpy as np
 
 
-def copy_weights(keras_model, torch_model) -> None:
-    """Conv and dense weights, layer by layer in order (the nets have no flatten)."""
+def copy_weights(keras_model, torch_model, flatten_side: int = 1) -> None:
+    """Conv and dense weights from Keras into the PyTorch network, layer by layer in order.
+
+    `flatten_side` is the feature map's side at the flatten: Keras flattens (h, w, c),
+    PyTorch (c, h, w), so the first dense kernel's rows are reordered.
+    """
     import keras
     import torch
 
@@ -39,11 +43,20 @@ def copy_weights(keras_model, torch_model) -> None:
         for module in torch_model.modules()
         if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
     ]
+    first_dense = True
     with torch.no_grad():
         for layer, module in zip(ours, theirs, strict=True):
             kernel, *bias = layer.get_weights()
-            kernel = kernel.transpose(3, 2, 0, 1) if kernel.ndim == 4 else kernel.T
-            module.weight.copy_(torch.from_numpy(np.ascontiguousarray(kernel)))
+            if kernel.ndim == 4:
+                weight = kernel.transpose(3, 2, 0, 1)
+            else:
+                weight = kernel.T
+                if first_dense:
+                    side, out = flatten_side, weight.shape[0]
+                    weight = weight.reshape(out, side, side, -1).transpose(0, 3, 1, 2)
+                    weight = weight.reshape(out, -1)
+                    first_dense = False
+            module.weight.copy_(torch.from_numpy(np.ascontiguousarray(weight)))
             if bias:
                 module.bias.copy_(torch.from_numpy(bias[0]))
 
@@ -56,7 +69,7 @@ def train_paired(cfg, seed: int, epochs: int, log=print) -> list[dict]:
 
     from bench.parity import torch_models
     from bench.parity.run import recipe_from_config
-    from bench.parity.torch_recipe import augment, lr_at, make_optimizer, to_input
+    from bench.parity.torch_recipe import augment, lr_at, make_optimizer, to_input, train_step
     from data.cifar100 import load_cifar100
     from training.fit import Stage, compile_stage
 
@@ -66,11 +79,11 @@ def train_paired(cfg, seed: int, epochs: int, log=print) -> list[dict]:
         cfg.model.net, num_classes=data.num_classes, image_size=data.image_size, augment=None
     )
     body = keras.Model(model.get_layer("normalize").output, model.output)
+    recipe = recipe_from_config(cfg, weight_decay=cfg.optimizer.weight_decay)
     reference = torch_models.build(
-        "resnet18", num_classes=data.num_classes, width=cfg.model.sizes[cfg.model.size].width
+        recipe.model, num_classes=data.num_classes, **recipe.model_kwargs
     )
     copy_weights(model, reference)
-    recipe = recipe_from_config(cfg, weight_decay=cfg.optimizer.weight_decay)
     steps_per_epoch = math.ceil(len(data.train.labels) / recipe.batch_size)
     stage = Stage(0, cfg.trainer.epochs, cfg.optimizer.lr, unfreeze=False)
     compile_stage(body, cfg, stage, steps_per_epoch)
@@ -80,7 +93,7 @@ def train_paired(cfg, seed: int, epochs: int, log=print) -> list[dict]:
     generator = torch.Generator().manual_seed(seed)
     reference.train()
     log(
-        f"paired, seed {seed}: resnet18 width {cfg.model.sizes[cfg.model.size].width}, "
+        f"paired, seed {seed}: resnet18 width {recipe.model_kwargs['width']}, "
         f"{len(labels):,} training images, epochs 1-{epochs} of {cfg.trainer.epochs} "
         f"({steps_per_epoch} steps each)"
     )
@@ -93,14 +106,8 @@ def train_paired(cfg, seed: int, epochs: int, log=print) -> list[dict]:
             y = labels[batch]
             nhwc = x.permute(0, 2, 3, 1).contiguous().numpy()
             keras_loss = body.train_on_batch(nhwc, y.numpy(), return_dict=True)["loss"]
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(len(rows), recipe, steps_per_epoch)
-            loss = torch.nn.functional.cross_entropy(
-                reference(x), y, label_smoothing=recipe.label_smoothing
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            lr = lr_at(len(rows), recipe, steps_per_epoch)
+            loss, _ = train_step(reference, optimizer, x, y, lr, recipe.label_smoothing)
             rows.append(
                 {"step": len(rows), "keras_loss": float(keras_loss), "torch_loss": loss.item()}
             )

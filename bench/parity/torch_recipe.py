@@ -103,6 +103,18 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.SGD:
     )
 
 
+def train_step(model, optimizer, x, y, lr: float, label_smoothing: float):
+    """One update at `lr` on the batch (x, y); returns (loss, logits)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    logits = model(x)
+    loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss, logits
+
+
 @torch.no_grad()
 def top1(model: torch.nn.Module, images: np.ndarray, labels: np.ndarray, batch=1000) -> float:
     model.eval()
@@ -143,13 +155,8 @@ def train(recipe: Recipe, data, seed: int, log=print) -> dict:
             batch = order[start : start + recipe.batch_size]
             x = augment(images[batch], recipe.crop_padding, recipe.flip, generator)
             y = labels[batch]
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, recipe, steps_per_epoch)
-            logits = model(to_input(x))
-            loss = F.cross_entropy(logits, y, label_smoothing=recipe.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            lr = lr_at(step, recipe, steps_per_epoch)
+            loss, logits = train_step(model, optimizer, to_input(x), y, lr, recipe.label_smoothing)
             step += 1
             loss_sum += loss.item() * len(batch)
             correct += int((logits.argmax(1) == y).sum())
