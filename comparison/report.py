@@ -52,6 +52,7 @@ from comparison.table import (
     write_csv,
 )
 from errors import UserError, one_line
+from tracking.store import set_experiment_tag
 
 MARKDOWN = "comparison.md"
 CSV = "comparison.csv"
@@ -166,7 +167,7 @@ def write_report(
 def _describe_parent(sweep: SweepRecord, rows: Sequence[Row]) -> None:
     """What the parent's own page shows: the short table as its description, and metrics."""
     client = MlflowClient(sweep.tracking_uri)
-    client.set_experiment_tag(sweep.experiment_id, *leaderboard_view(sweep))
+    set_experiment_tag(client, sweep.experiment_id, *leaderboard_view(sweep))
     client.set_tag(sweep.parent_run_id, "mlflow.note.content", parent_description(sweep, rows))
     for name, value in parent_metrics(rows).items():
         client.log_metric(sweep.parent_run_id, name, value)

@@ -223,6 +223,17 @@ def one_finished(*models, epochs=2):
     return check
 
 
+def one_sweep(*models, epochs=2):
+    """One FINISHED run per model under one parent, however many copies of the sweep ran."""
+    runs_done = one_finished(*models, epochs=epochs)
+
+    def check(state):
+        runs_done(state)
+        assert state["parents"] == ["FINISHED"], state
+
+    return check
+
+
 # -- shared starting points ---------------------------------------------------------------------
 
 
@@ -591,9 +602,13 @@ def act_copies(count: int, args, server: bool = False):
             for i in range(count)
         ]
         results = [finish(p) for p in copies]
-        codes = {code for code, _ in results}
+        failed = [
+            f"copy {i} exited {code}:\n{out[-4000:]}"
+            for i, (code, out) in enumerate(results)
+            if code
+        ]
+        assert not failed, "\n".join(failed)
         text = "\n".join(text for _, text in results)
-        assert codes == {0}, text[-4000:]
         assert "Traceback" not in text and "database is locked" not in text, text[-4000:]
         return 0, text
 
@@ -870,7 +885,7 @@ CASES = [
         0,
         "owned by pid",
         "waiting",
-        one_finished("alexnet"),
+        one_sweep("alexnet"),
         kind="process",
     ),
     Case(
@@ -879,7 +894,7 @@ CASES = [
         0,
         "owned by pid",
         "waiting",
-        one_finished("alexnet"),
+        one_sweep("alexnet"),
         kind="process",
     ),
 ]
@@ -931,3 +946,54 @@ def test_table(case, tmp_path, cache, capfd, monkeypatch, request):
         assert seconds < 5
     shown = state["store"] if state["store"] != "ok" else describe(state)
     print(f"\nROW | {case.id} | {code} | {line} | {shown} | {case.kind}, {seconds:.1f} s")
+
+
+SET_TAGS_AT_ONCE = """
+import sys, time
+from pathlib import Path
+import mlflow
+from tracking.store import set_experiment_tag
+uri, experiment_id, go, value = sys.argv[1], sys.argv[2], Path(sys.argv[3]), sys.argv[4]
+client = mlflow.MlflowClient(uri)
+client.get_experiment(experiment_id)
+print("ready", flush=True)
+while not go.exists():
+    time.sleep(0.001)
+for key in ("first", "second", "third"):
+    set_experiment_tag(client, experiment_id, key, value)
+"""
+
+
+@pytest.mark.parametrize("where", ["sqlite", "server"])
+def test_copies_adding_one_new_experiment_tag_at_once_all_succeed(where, tmp_path, request):
+    """MLflow's SQL store fails all but one of the processes that add the same new experiment
+    tag together; the kind tag and the leaderboard view are such tags, set by every copy of a
+    sweep (a CI run lost a copy to it). Four processes, three new tags each, one start signal."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    if where == "server":
+        uri = request.getfixturevalue("server").wait_ready()
+    client = mlflow.MlflowClient(uri)
+    experiment_id = client.create_experiment(f"tags-{where}")
+    go = tmp_path / "go"
+    copies = [
+        subprocess.Popen(
+            [sys.executable, "-c", SET_TAGS_AT_ONCE, uri, experiment_id, str(go), str(i)],
+            cwd=REPO,
+            env=_environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    for copy in copies:  # each has MLflow loaded and the store open before the signal
+        while (line := copy.stdout.readline()) and line.strip() != "ready":
+            pass
+        assert line, copy.communicate()[0][-3000:]
+    go.touch()
+    outputs = [copy.communicate(timeout=120)[0] for copy in copies]
+    failed = [out[-2000:] for copy, out in zip(copies, outputs, strict=True) if copy.returncode]
+    assert not failed, "\n".join(failed)
+    tags = client.get_experiment(experiment_id).tags
+    assert {tags.get(key) for key in ("first", "second", "third")} <= {"0", "1", "2", "3"}
+    assert all(key in tags for key in ("first", "second", "third")), tags

@@ -24,11 +24,14 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import mlflow
 
 from errors import UserError
+from tracking.store import set_experiment_tag
 
 log = logging.getLogger("train")
 
@@ -49,6 +52,16 @@ def _describe(owner: dict) -> str:
     since = time.strftime("%H:%M:%S", time.localtime(owner.get("since", 0)))
     where = f"pid {owner.get('pid')} on {owner.get('host')}{slurm}"
     return f"{where} (job {owner.get('job')}, since {since})"
+
+
+@contextmanager
+def machine_lock(path: Path) -> Iterator[None]:
+    """Exclusive among this machine's processes for the `with` block; waits for its turn.
+    For short find-or-create steps that MLflow cannot make atomic."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # dropped when the file closes, or the process dies
+        yield
 
 
 class Ownership:
@@ -153,7 +166,7 @@ class Ownership:
 
     def _write_lease(self) -> None:
         lease = {**self.me, "token": self.token, "heartbeat": time.time()}
-        mlflow.MlflowClient().set_experiment_tag(self.experiment_id, self._key, json.dumps(lease))
+        set_experiment_tag(mlflow.MlflowClient(), self.experiment_id, self._key, json.dumps(lease))
 
     def _live(self, lease: dict) -> bool:
         if lease.get("token") == self.token:

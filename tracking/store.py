@@ -6,6 +6,7 @@ create a missing database, retry a locked or misplaced one for minutes, or raise
 
 import sqlite3
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -169,4 +170,22 @@ def _tag_kind(experiment) -> None:
     """Tags an experiment that an earlier version of the repo created without the kind."""
     for key, value in EXPERIMENT_KIND.items():
         if key not in experiment.tags:
-            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
+            set_experiment_tag(mlflow.MlflowClient(), experiment.experiment_id, key, value)
+
+
+def set_experiment_tag(client, experiment_id: str, key: str, value: str, tries: int = 5) -> None:
+    """`client.set_experiment_tag`, safe when copies of a sweep set the same new tag at once.
+
+    MLflow's SQL store looks for the tag, then inserts it: of processes that add one key
+    together, all but one fail on the unique key. Once the row exists a retry updates it.
+    """
+    for attempt in range(tries):
+        try:
+            client.set_experiment_tag(experiment_id, key, value)
+            return
+        except MlflowException as error:
+            text = str(error).lower()
+            clash = "integrityerror" in text or "unique constraint" in text
+            if not clash or attempt == tries - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))

@@ -134,6 +134,7 @@ class SweepCallback(Callback):
         import mlflow
         from mlflow.entities import RunStatus
 
+        from tracking.owner import machine_lock
         from tracking.params import public_overrides
         from tracking.store import connect
 
@@ -141,26 +142,29 @@ class SweepCallback(Callback):
         overrides = list(config.hydra.overrides.task)
         sweep_id = sweep_id_for(overrides, config.resume, backend)
         client = mlflow.MlflowClient()
-        existing = client.search_runs(
-            [experiment_id], f"tags.sweep_id = '{sweep_id}' and tags.sweep_parent = 'true'"
-        )
-        if existing:
-            parent_run_id = existing[0].info.run_id
-            client.update_run(parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
-        else:
-            command = " ".join(public_overrides(overrides))
-            parent_run_id = client.create_run(
-                experiment_id,
-                run_name=f"sweep {describe(jobs, overrides, config.model.name)} · {sweep_id[:6]}",
-                tags={
-                    "sweep_id": sweep_id,
-                    "sweep_parent": "true",
-                    "sweep_overrides": command,
-                    "backend": backend,
-                    # The description, until the comparison replaces it at the end.
-                    "mlflow.note.content": f"`python train.py -m {command}`",
-                },
-            ).info.run_id
+        # Copies of one command started together would each find no parent and create one.
+        with machine_lock(Path(config.tracking.root) / "locks" / f"sweep-{sweep_id}.lock"):
+            existing = client.search_runs(
+                [experiment_id], f"tags.sweep_id = '{sweep_id}' and tags.sweep_parent = 'true'"
+            )
+            if existing:
+                parent_run_id = existing[0].info.run_id
+                client.update_run(parent_run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            else:
+                command = " ".join(public_overrides(overrides))
+                what = describe(jobs, overrides, config.model.name)
+                parent_run_id = client.create_run(
+                    experiment_id,
+                    run_name=f"sweep {what} · {sweep_id[:6]}",
+                    tags={
+                        "sweep_id": sweep_id,
+                        "sweep_parent": "true",
+                        "sweep_overrides": command,
+                        "backend": backend,
+                        # The description, until the comparison replaces it at the end.
+                        "mlflow.note.content": f"`python train.py -m {command}`",
+                    },
+                ).info.run_id
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         sweep = Sweep(sweep_id, parent_run_id, experiment_id, count_jobs(config))
