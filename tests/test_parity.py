@@ -363,9 +363,9 @@ def test_comparison_reports_each_seeds_gap_and_its_standard_error(tmp_path, caps
     assert summary["final_test_gap_per_seed"] == pytest.approx(dict(enumerate(gaps)))
     assert summary["final_test_gap"] == pytest.approx(np.mean(gaps))
     assert summary["final_test_gap_standard_error"] == pytest.approx(np.std(gaps, ddof=1) / 3**0.5)
-    assert "final test gap (keras - torch) -0.50 points, standard error over seeds 0.76" in (
-        capsys.readouterr().out
-    )
+    printed = capsys.readouterr().out
+    assert "final test gap (keras - torch) -0.50 points, standard error over seeds 0.76" in printed
+    assert "Keras on TensorFlow:" in printed
 
 
 def _copy_keras_weights(keras_model, torch_model, flatten_side=1):

@@ -30,6 +30,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 FRAMEWORKS = ("keras", "torch")
+BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
 
 
 def _absolute_data_path(override: str) -> str:
@@ -230,8 +231,9 @@ def compare(out: Path, gap_from: int) -> dict:
     summary["keras_backends"] = backends
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
+    shown = ", ".join(BACKEND_NAMES.get(b, b) for b in backends)
     print(
-        f"\nseeds {seeds}, Keras on {', '.join(backends)}: top-1 in %, mean over seeds "
+        f"\nseeds {seeds}, Keras on {shown}: top-1 in %, mean over seeds "
         "(val: the same held-out images)"
     )
     print(f"{'epoch':>5} {'keras val':>10} {'torch val':>10} {'torch test':>10} {'diff val':>9}")
@@ -255,7 +257,7 @@ def compare(out: Path, gap_from: int) -> dict:
     if late:
         gap = summary[f"val_gap_from_epoch_{gap_from}"]
         print(f"val gap (keras - torch) over epochs {gap_from}-{epochs} {100 * gap:+.2f} points")
-    _plot(rows, seeds, ", ".join(backends), out / "curves.png")
+    _plot(rows, seeds, shown, out / "curves.png")
     return summary
 
 
