@@ -278,28 +278,38 @@ def test_parity_harness_runs_both_frameworks_end_to_end(tmp_path, data_cache):
     assert "final test gap" in result.stdout
 
 
+@pytest.mark.parametrize("keras_augments", [False, True], ids=["same images", "keras augments"])
 def test_paired_run_trains_both_frameworks_from_the_same_weights_on_the_same_batches(
-    tmp_path, data_cache
+    keras_augments, tmp_path, data_cache
 ):
-    """bench/parity/paired.py: identical starts and batches, so the float32 losses agree."""
+    """bench/parity/paired.py: identical starts and batches, so the float32 losses agree;
+    with --keras-augments Keras crops and flips the same raw batch itself, so they part."""
     from data.synthetic import write_synthetic_cifar
 
     source = write_synthetic_cifar(tmp_path / "cifar", train_per_class=3, test_per_class=1, seed=0)
     out = tmp_path / "paired"
     command = [sys.executable, "-m", "bench.parity.paired", f"--out={out}", "--epochs=1"]
+    command += ["--keras-augments"] if keras_augments else []
     command += ["--threads=1", "--", "experiment=resnet18_cifar", "model.size=tiny"]
     command += ["trainer.epochs=2", "trainer.batch_size=64", "trainer.precision=float32"]
     # 192 training images: three full batches (one of a few images makes BatchNorm jumpy).
     command += [f"data.path={source}", f"data.cache_dir={data_cache}", "data.val_size=108"]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    steps = json.loads((out / "paired-seed0.json").read_text())["steps"]
-    assert len(steps) == 3
+    record = json.loads((out / "paired-seed0.json").read_text())
+    steps = record["steps"]
+    assert record["keras_augments"] is keras_augments and len(steps) == 3
+    assert "epoch 1/1: mean training loss keras" in result.stdout
+    if keras_augments:
+        assert "Keras augments in its graph" in result.stdout
+        # The same start: near-uniform predictions either way; other crops part the losses.
+        assert steps[0]["keras_loss"] == pytest.approx(steps[0]["torch_loss"], rel=0.02)
+        assert max(abs(r["keras_loss"] - r["torch_loss"]) for r in steps) > 1e-4
+        return
     # float32 round-off grows from step to step (here 3e-7, 3e-6, 2e-4); a wrong weight copy
     # or input parts the losses at the first step.
     for row, tolerance in zip(steps, (1e-5, 1e-4, 1e-3), strict=True):
         assert row["keras_loss"] == pytest.approx(row["torch_loss"], rel=tolerance)
-    assert "epoch 1/1: mean training loss keras" in result.stdout
 
 
 def _processes_running(needle: str) -> list[int]:

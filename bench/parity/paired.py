@@ -10,8 +10,11 @@ seeds to see. Here those are shared: both start from the Keras-drawn weights, Py
 each batch and its augmentation (as bench/parity/torch_recipe.py does), and the Keras
 preset, compiled as train.py compiles it, trains on the same normalized images (its
 in-graph augmentation skipped). What is left between the two loss curves is the training
-step in float32. ResNet-18 only: VGG-13 and AlexNet have dropout, whose masks cannot be
-shared. Prints each epoch's mean training loss on both sides; writes OUT/paired-seed{S}.json.
+step in float32. With --keras-augments Keras gets the raw uint8 batch instead and draws
+its own crops and flips in its graph, as train.py does: then the two differ only in the
+augmentation's random draws (equal in distribution, if the in-graph augmentation is
+right). ResNet-18 only: VGG-13 and AlexNet have dropout, whose masks cannot be shared.
+Prints each epoch's mean training loss on both sides; writes OUT/paired-seed{S}.json.
 """
 
 import argparse
@@ -61,7 +64,9 @@ def copy_weights(keras_model, torch_model, flatten_side: int = 1) -> None:
                 module.bias.copy_(torch.from_numpy(bias[0]))
 
 
-def train_paired(cfg, seed: int, epochs: int, log=print) -> list[dict]:
+def train_paired(
+    cfg, seed: int, epochs: int, keras_augments: bool = False, log=print
+) -> list[dict]:
     """Per step: {"step", "keras_loss", "torch_loss"}."""
     import keras
     import torch
@@ -71,14 +76,18 @@ def train_paired(cfg, seed: int, epochs: int, log=print) -> list[dict]:
     from bench.parity.run import recipe_from_config
     from bench.parity.torch_recipe import augment, lr_at, make_optimizer, to_input, train_step
     from data.cifar100 import load_cifar100
-    from training.fit import Stage, compile_stage
+    from training.fit import Stage, build_model, compile_stage
 
     data = load_cifar100(cfg.data, seed=seed)
     keras.utils.set_random_seed(seed)
-    model = instantiate(
-        cfg.model.net, num_classes=data.num_classes, image_size=data.image_size, augment=None
-    )
-    body = keras.Model(model.get_layer("normalize").output, model.output)
+    if keras_augments:
+        model = trained = build_model(cfg, data)  # as train.py builds it
+    else:
+        model = instantiate(
+            cfg.model.net, num_classes=data.num_classes, image_size=data.image_size, augment=None
+        )
+        # Keras trains from the normalized images PyTorch made.
+        trained = keras.Model(model.get_layer("normalize").output, model.output)
     recipe = recipe_from_config(cfg, weight_decay=cfg.optimizer.weight_decay)
     reference = torch_models.build(
         recipe.model, num_classes=data.num_classes, **recipe.model_kwargs
@@ -86,16 +95,17 @@ def train_paired(cfg, seed: int, epochs: int, log=print) -> list[dict]:
     copy_weights(model, reference)
     steps_per_epoch = math.ceil(len(data.train.labels) / recipe.batch_size)
     stage = Stage(0, cfg.trainer.epochs, cfg.optimizer.lr, unfreeze=False)
-    compile_stage(body, cfg, stage, steps_per_epoch)
+    compile_stage(trained, cfg, stage, steps_per_epoch)
     optimizer = make_optimizer(reference, recipe)
     images = torch.from_numpy(data.train.images)
     labels = torch.from_numpy(data.train.labels.astype(np.int64))
     generator = torch.Generator().manual_seed(seed)
     reference.train()
+    inputs = "Keras augments in its graph" if keras_augments else "the same augmented images"
     log(
         f"paired, seed {seed}: resnet18 width {recipe.model_kwargs['width']}, "
         f"{len(labels):,} training images, epochs 1-{epochs} of {cfg.trainer.epochs} "
-        f"({steps_per_epoch} steps each)"
+        f"({steps_per_epoch} steps each), {inputs}"
     )
     rows = []
     for epoch in range(epochs):
@@ -104,8 +114,11 @@ def train_paired(cfg, seed: int, epochs: int, log=print) -> list[dict]:
             batch = order[start : start + recipe.batch_size]
             x = to_input(augment(images[batch], recipe.crop_padding, recipe.flip, generator))
             y = labels[batch]
-            nhwc = x.permute(0, 2, 3, 1).contiguous().numpy()
-            keras_loss = body.train_on_batch(nhwc, y.numpy(), return_dict=True)["loss"]
+            if keras_augments:
+                keras_input = images[batch].numpy()
+            else:
+                keras_input = x.permute(0, 2, 3, 1).contiguous().numpy()
+            keras_loss = trained.train_on_batch(keras_input, y.numpy(), return_dict=True)["loss"]
             lr = lr_at(len(rows), recipe, steps_per_epoch)
             loss, _ = train_step(reference, optimizer, x, y, lr, recipe.label_smoothing)
             rows.append(
@@ -127,6 +140,11 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=4, help="epochs to train (of the schedule)")
     parser.add_argument("--threads", type=int, help="PyTorch threads (default: all cores)")
+    parser.add_argument(
+        "--keras-augments",
+        action="store_true",
+        help="Keras draws its own crops and flips in its graph from the raw batch",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
     args = parser.parse_args(argv)
 
@@ -152,11 +170,22 @@ def main(argv=None) -> None:
         sys.exit("trainer.precision: paired runs compare float32; add trainer.precision=float32")
     torch.set_num_threads(args.threads or os.cpu_count())
     try:
-        rows = train_paired(cfg, args.seed, args.epochs, log=lambda line: print(line, flush=True))
+        rows = train_paired(
+            cfg,
+            args.seed,
+            args.epochs,
+            keras_augments=args.keras_augments,
+            log=lambda line: print(line, flush=True),
+        )
     except UserError as error:  # bad config or data: one line, as train.py says it
         sys.exit(f"error: {error}")
     args.out.mkdir(parents=True, exist_ok=True)
-    record = {"overrides": args.overrides, "seed": args.seed, "steps": rows}
+    record = {
+        "overrides": args.overrides,
+        "seed": args.seed,
+        "keras_augments": args.keras_augments,
+        "steps": rows,
+    }
     path = args.out / f"paired-seed{args.seed}.json"
     path.write_text(json.dumps(record))
     print(f"wrote {path} (the loss of every step on both sides)")
