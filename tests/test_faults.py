@@ -986,12 +986,17 @@ def test_copies_adding_one_new_experiment_tag_at_once_all_succeed(where, tmp_pat
         )
         for i in range(4)
     ]
-    for copy in copies:  # each has MLflow loaded and the store open before the signal
-        while (line := copy.stdout.readline()) and line.strip() != "ready":
-            pass
-        assert line, copy.communicate()[0][-3000:]
-    go.touch()
-    outputs = [copy.communicate(timeout=120)[0] for copy in copies]
+    try:
+        for copy in copies:  # each has MLflow loaded and the store open before the signal
+            while (line := copy.stdout.readline()) and line.strip() != "ready":
+                pass
+            assert line, copy.communicate()[0][-3000:]
+        go.touch()
+        outputs = [copy.communicate(timeout=120)[0] for copy in copies]
+    finally:  # none is left waiting for a signal that a failed assertion never sent
+        for copy in copies:
+            if copy.poll() is None:
+                copy.kill()
     failed = [out[-2000:] for copy, out in zip(copies, outputs, strict=True) if copy.returncode]
     assert not failed, "\n".join(failed)
     tags = client.get_experiment(experiment_id).tags
