@@ -300,6 +300,13 @@ def test_paired_run_trains_both_frameworks_from_the_same_weights_on_the_same_bat
     steps = record["steps"]
     assert record["keras_augments"] is keras_augments and len(steps) == 3
     assert "epoch 1/1: mean training loss keras" in result.stdout
+    (epoch,) = record["epochs"]
+    for side in ("keras", "torch"):
+        for split in ("val", "test"):
+            assert 0 <= epoch[f"{side}_{split}_top1"] <= 1
+    if not keras_augments:
+        # Same weights after the same steps: the two nets mostly agree on 108 held-out images.
+        assert epoch["keras_val_top1"] == pytest.approx(epoch["torch_val_top1"], abs=0.05)
     if keras_augments:
         assert "Keras augments in its graph" in result.stdout
         # The same start: near-uniform predictions either way; other crops part the losses.

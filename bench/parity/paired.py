@@ -14,7 +14,9 @@ step in float32. With --keras-augments Keras gets the raw uint8 batch instead an
 its own crops and flips in its graph, as train.py does: then the two differ only in the
 augmentation's random draws (equal in distribution, if the in-graph augmentation is
 right). ResNet-18 only: VGG-13 and AlexNet have dropout, whose masks cannot be shared.
-Prints each epoch's mean training loss on both sides; writes OUT/paired-seed{S}.json.
+Prints each epoch's mean training loss and validation and test top-1 on both sides (so
+`--epochs 15` says where the two end with every random draw shared); writes
+OUT/paired-seed{S}.json.
 """
 
 import argparse
@@ -66,15 +68,23 @@ def copy_weights(keras_model, torch_model, flatten_side: int = 1) -> None:
 
 def train_paired(
     cfg, seed: int, epochs: int, keras_augments: bool = False, log=print
-) -> list[dict]:
-    """Per step: {"step", "keras_loss", "torch_loss"}."""
+) -> tuple[list[dict], list[dict]]:
+    """Per step {"step", "keras_loss", "torch_loss"}, and per epoch its mean losses and
+    both sides' validation and test top-1 (fractions, as run.py records them)."""
     import keras
     import torch
     from hydra.utils import instantiate
 
     from bench.parity import torch_models
     from bench.parity.run import recipe_from_config
-    from bench.parity.torch_recipe import augment, lr_at, make_optimizer, to_input, train_step
+    from bench.parity.torch_recipe import (
+        augment,
+        lr_at,
+        make_optimizer,
+        to_input,
+        top1,
+        train_step,
+    )
     from data.cifar100 import load_cifar100
     from training.fit import Stage, build_model, compile_stage
 
@@ -107,7 +117,7 @@ def train_paired(
         f"{len(labels):,} training images, epochs 1-{epochs} of {cfg.trainer.epochs} "
         f"({steps_per_epoch} steps each), {inputs}"
     )
-    rows = []
+    rows, epoch_rows = [], []
     for epoch in range(epochs):
         order = torch.randperm(len(labels), generator=generator)
         for start in range(0, len(labels), recipe.batch_size):
@@ -125,13 +135,27 @@ def train_paired(
                 {"step": len(rows), "keras_loss": float(keras_loss), "torch_loss": loss.item()}
             )
         last = rows[-steps_per_epoch:]
-        ours = np.mean([r["keras_loss"] for r in last])
-        theirs = np.mean([r["torch_loss"] for r in last])
+        row = {
+            "epoch": epoch + 1,
+            "keras_loss": float(np.mean([r["keras_loss"] for r in last])),
+            "torch_loss": float(np.mean([r["torch_loss"] for r in last])),
+        }
+        for split in ("val", "test"):
+            held_out = getattr(data, split)
+            # The full model takes the raw images; its augmentation is off at inference.
+            predicted = model.predict(held_out.images, batch_size=1000, verbose=0).argmax(axis=1)
+            row[f"keras_{split}_top1"] = float((predicted == held_out.labels).mean())
+            row[f"torch_{split}_top1"] = top1(reference, held_out.images, held_out.labels)
+        reference.train()  # top1 left it in eval mode
+        epoch_rows.append(row)
         log(
-            f"epoch {epoch + 1}/{epochs}: mean training loss keras {ours:.4f} "
-            f"torch {theirs:.4f} (keras - torch {ours - theirs:+.4f})"
+            f"epoch {epoch + 1}/{epochs}: mean training loss keras {row['keras_loss']:.4f} "
+            f"torch {row['torch_loss']:.4f} (keras - torch "
+            f"{row['keras_loss'] - row['torch_loss']:+.4f}); val top-1 keras "
+            f"{row['keras_val_top1']:.4f} torch {row['torch_val_top1']:.4f}; test top-1 keras "
+            f"{row['keras_test_top1']:.4f} torch {row['torch_test_top1']:.4f}"
         )
-    return rows
+    return rows, epoch_rows
 
 
 def main(argv=None) -> None:
@@ -170,7 +194,7 @@ def main(argv=None) -> None:
         sys.exit("trainer.precision: paired runs compare float32; add trainer.precision=float32")
     torch.set_num_threads(args.threads or os.cpu_count())
     try:
-        rows = train_paired(
+        rows, epoch_rows = train_paired(
             cfg,
             args.seed,
             args.epochs,
@@ -184,11 +208,12 @@ def main(argv=None) -> None:
         "overrides": args.overrides,
         "seed": args.seed,
         "keras_augments": args.keras_augments,
+        "epochs": epoch_rows,
         "steps": rows,
     }
     path = args.out / f"paired-seed{args.seed}.json"
     path.write_text(json.dumps(record))
-    print(f"wrote {path} (the loss of every step on both sides)")
+    print(f"wrote {path} (the loss of every step, and each epoch's top-1, on both sides)")
 
 
 if __name__ == "__main__":
