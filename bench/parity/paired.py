@@ -174,10 +174,10 @@ def main(argv=None) -> None:
 
     import torch
 
-    from bench.parity.run import _absolute_data_path, compose
+    from bench.parity.run import absolute_data_path, compose
     from errors import UserError
 
-    cfg = compose([_absolute_data_path(o) for o in args.overrides] + [f"seed={args.seed}"])
+    cfg = compose([absolute_data_path(o) for o in args.overrides] + [f"seed={args.seed}"])
     if cfg.model.name != "resnet18":
         sys.exit(f"model={cfg.model.name}: paired runs take resnet18 only (dropout masks differ)")
     optimizer = cfg.optimizer

@@ -33,7 +33,8 @@ FRAMEWORKS = ("keras", "torch")
 BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
 
 
-def _absolute_data_path(override: str) -> str:
+def absolute_data_path(override: str) -> str:
+    """A data.path override made absolute: train.py runs in its own working directory."""
     key, _, value = override.partition("=")
     if key == "data.path" and value and value != "null":
         return f"{key}={Path(value).expanduser().resolve()}"
@@ -306,7 +307,7 @@ def main(argv=None) -> None:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     # train.py runs from the repo root: data.path must not depend on the caller's cwd.
-    overrides = [_absolute_data_path(o) for o in args.overrides]
+    overrides = [absolute_data_path(o) for o in args.overrides]
     if args.train_images:
         source = compose(overrides).data.path
         if not source:
