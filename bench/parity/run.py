@@ -34,7 +34,8 @@ BACKEND_NAMES = {"tensorflow": "TensorFlow", "jax": "JAX", "torch": "PyTorch"}
 
 
 def absolute_data_path(override: str) -> str:
-    """A data.path override made absolute: train.py runs in its own working directory."""
+    """A data.path override made absolute: train.py runs from the repo root, not the caller's
+    directory."""
     key, _, value = override.partition("=")
     if key == "data.path" and value and value != "null":
         return f"{key}={Path(value).expanduser().resolve()}"
