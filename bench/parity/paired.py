@@ -115,8 +115,11 @@ def train_paired(
     log(
         f"paired, seed {seed}: resnet18 width {recipe.model_kwargs['width']}, "
         f"{len(labels):,} training images, epochs 1-{epochs} of {cfg.trainer.epochs} "
-        f"({steps_per_epoch} steps each), {inputs}"
+        f"({steps_per_epoch} steps each)"
     )
+    log(f"inputs: {inputs}")
+    log(f"{'':7}{'mean training loss':^28}{'val top-1 %':^16}{'test top-1 %':^16}")
+    log(f"{'epoch':7}{'keras':>8}{'torch':>8}{'keras-torch':>12}" + f"{'keras':>8}{'torch':>8}" * 2)
     rows, epoch_rows = [], []
     for epoch in range(epochs):
         order = torch.randperm(len(labels), generator=generator)
@@ -149,11 +152,13 @@ def train_paired(
         reference.train()  # top1 left it in eval mode
         epoch_rows.append(row)
         log(
-            f"epoch {epoch + 1}/{epochs}: mean training loss keras {row['keras_loss']:.4f} "
-            f"torch {row['torch_loss']:.4f} (keras - torch "
-            f"{row['keras_loss'] - row['torch_loss']:+.4f}); val top-1 keras "
-            f"{row['keras_val_top1']:.4f} torch {row['torch_val_top1']:.4f}; test top-1 keras "
-            f"{row['keras_test_top1']:.4f} torch {row['torch_test_top1']:.4f}"
+            f"{f'{epoch + 1}/{epochs}':7}{row['keras_loss']:8.4f}{row['torch_loss']:8.4f}"
+            f"{row['keras_loss'] - row['torch_loss']:+12.4f}"
+            + "".join(
+                f"{100 * row[f'{side}_{split}_top1']:8.2f}"
+                for split in ("val", "test")
+                for side in ("keras", "torch")
+            )
         )
     return rows, epoch_rows
 
