@@ -86,6 +86,7 @@ def train_paired(
         train_step,
     )
     from data.cifar100 import load_cifar100
+    from training.evaluate import predict_logits
     from training.fit import Stage, build_model, compile_stage
 
     data = load_cifar100(cfg.data, seed=seed)
@@ -146,7 +147,7 @@ def train_paired(
         for split in ("val", "test"):
             held_out = getattr(data, split)
             # The full model takes the raw images; its augmentation is off at inference.
-            predicted = model.predict(held_out.images, batch_size=1000, verbose=0).argmax(axis=1)
+            predicted = predict_logits(model, held_out, batch_size=1000).argmax(axis=1)
             row[f"keras_{split}_top1"] = float((predicted == held_out.labels).mean())
             row[f"torch_{split}_top1"] = top1(reference, held_out.images, held_out.labels)
         reference.train()  # top1 left it in eval mode

@@ -307,7 +307,6 @@ def main(argv=None) -> None:
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    # train.py runs from the repo root: data.path must not depend on the caller's cwd.
     overrides = [absolute_data_path(o) for o in args.overrides]
     if args.train_images:
         source = compose(overrides).data.path
