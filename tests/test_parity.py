@@ -308,9 +308,6 @@ def test_paired_run_trains_both_frameworks_from_the_same_weights_on_the_same_bat
     for side in ("keras", "torch"):
         for split in ("val", "test"):
             assert 0 <= epoch[f"{side}_{split}_top1"] <= 1
-    if not keras_augments:
-        # Same weights after the same steps: the two nets mostly agree on 108 held-out images.
-        assert epoch["keras_val_top1"] == pytest.approx(epoch["torch_val_top1"], abs=0.05)
     if keras_augments:
         assert "Keras augments in its graph" in result.stdout
         # The same start: near-uniform predictions either way; other crops part the losses.
@@ -321,6 +318,8 @@ def test_paired_run_trains_both_frameworks_from_the_same_weights_on_the_same_bat
     # or input parts the losses at the first step.
     for row, tolerance in zip(steps, (1e-5, 1e-4, 1e-3), strict=True):
         assert row["keras_loss"] == pytest.approx(row["torch_loss"], rel=tolerance)
+    # Same weights after the same steps: the two nets mostly agree on 108 held-out images.
+    assert epoch["keras_val_top1"] == pytest.approx(epoch["torch_val_top1"], abs=0.05)
 
 
 def _processes_running(needle: str) -> list[int]:
